@@ -1,0 +1,23 @@
+# Two commands: `make run` trains on the embedded default, `make test` runs every check.
+UV := .tools/bin/uv
+RUN := $(UV) run --frozen --no-sync
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: run test
+
+# uv is pinned and kept in its own folder, so every machine resolves and installs the same way.
+$(UV):
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv==0.13.9
+
+run: $(UV)
+	$(UV) sync --frozen
+	$(RUN) retrainer seed-demo
+	$(RUN) retrainer run
+
+test: $(UV)
+	$(UV) sync --frozen --group test
+	$(RUN) ruff format --check .
+	$(RUN) ruff check .
+	$(RUN) mypy
+	$(RUN) pytest

@@ -1,0 +1,26 @@
+"""The nightly retraining flow: fetch -> validate -> batches -> train -> gate -> publish."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from retrainer.records import Publication
+from retrainer.settings import RetrainParameters, load_settings
+from tasks.batches import build_batches
+from tasks.fetch import fetch
+from tasks.gate import gate
+from tasks.publish import publish
+from tasks.train import train
+from tasks.validate import validate
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(parameters: RetrainParameters | None = None) -> Publication:
+    """Retrain the classifier on the latest data and promote it only if it passes the gate."""
+    settings = load_settings().with_parameters(parameters or RetrainParameters())
+    snapshot = fetch(settings)
+    data = validate(snapshot, settings)
+    batches = build_batches(data, settings)
+    trained = train(batches, settings)
+    decision = gate(trained, settings)
+    return publish(batches, trained, decision, settings)

@@ -1,0 +1,7 @@
+"""retrainer: retrain a Keras image classifier on a schedule; ship only a model proven better."""
+
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) would bury the run's own log
+# lines; errors still show. A user's explicit setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,117 @@
+"""The `retrainer` command: run a retraining now, seed the demo data, list model versions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+from retrainer.preflight import check_stores
+from retrainer.registry import ModelRegistry
+from retrainer.settings import (
+    DEMO_DATASET_KEY,
+    RetrainParameters,
+    Settings,
+    SettingsError,
+    describe_validation_error,
+    load_settings,
+)
+from retrainer.storage import open_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retrainer",
+        description="Retrain a Keras image classifier and promote it only when it is better. "
+        "Settings come from RETRAINER_* environment variables and .env.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one retraining now, under Prefect")
+    run.add_argument("--model-name", help="publish under this model name")
+    run.add_argument("--data-url", help="s3://bucket/prefix or folder with one folder per class")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--learning-rate", type=float)
+    run.add_argument("--min-accuracy", type=float, help="gate: lowest val_accuracy accepted")
+
+    models = commands.add_parser("models", help="list published versions and the champion")
+    models.add_argument("--model-name", help="model to list (default: RETRAINER_MODEL_NAME)")
+
+    commands.add_parser(
+        "seed-demo", help=f"copy the demo digits into the store ({DEMO_DATASET_KEY})"
+    )
+    return parser
+
+
+def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    try:
+        parameters = RetrainParameters(
+            model_name=arguments.model_name,
+            data_url=arguments.data_url,
+            epochs=arguments.epochs,
+            batch_size=arguments.batch_size,
+            learning_rate=arguments.learning_rate,
+            min_accuracy=arguments.min_accuracy,
+        )
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error, prefix="--")) from None
+    check_stores(settings.with_parameters(parameters))
+
+    from flows.retrain import retrain
+
+    publication = retrain(parameters)
+    print(f"Model '{publication.model_name}' version {publication.version}")
+    print(f"  uploaded to {publication.version_url}")
+    print(f"  {publication.message}")
+    print(f"  champion: {publication.champion_version or 'none'}")
+    return 0
+
+
+def models_command(settings: Settings, model_name: str | None) -> int:
+    registry = ModelRegistry(open_store(settings.store_url), model_name or settings.model_name)
+    versions = registry.list_versions()
+    if not versions:
+        print(f"No published versions of '{registry.model_name}' in {settings.store_url}")
+        return 0
+    print(f"{'version':<26} {'val_accuracy':>12} {'val_loss':>9}  status")
+    for summary in versions:
+        if summary.is_champion:
+            status = "CHAMPION"
+        elif summary.passed:
+            status = "passed, not champion"
+        else:
+            status = summary.reason or "rejected"
+        accuracy = summary.metrics.get("val_accuracy", float("nan"))
+        loss = summary.metrics.get("val_loss", float("nan"))
+        print(f"{summary.version:<26} {accuracy:>12.4f} {loss:>9.4f}  {status}")
+    return 0
+
+
+def seed_demo_command(settings: Settings) -> int:
+    from retrainer.demo import seed_demo_data
+
+    store = open_store(settings.store_url)
+    check_stores(settings.model_copy(update={"data_url": settings.store_url}))
+    written = seed_demo_data(store, DEMO_DATASET_KEY)
+    print(f"Demo data at {store.describe(DEMO_DATASET_KEY)}: {written} images added")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if arguments.command == "run":
+            return run_command(settings, arguments)
+        if arguments.command == "models":
+            return models_command(settings, arguments.model_name)
+        return seed_demo_command(settings)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Fetch: mirror a data prefix (one sub-folder per class) into a local cache, incrementally.
+
+The cache keeps a manifest of key -> ETag and size. A later fetch downloads only new or changed
+objects and removes deleted ones, so a nightly run costs what changed, not what exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from retrainer.records import DataSnapshot
+from retrainer.storage import ObjectInfo, ObjectStore, StoreError, check_key, write_atomically
+
+MANIFEST_NAME = ".fetch-manifest.json"
+DOWNLOAD_THREADS = 16
+
+logger = logging.getLogger(__name__)
+
+
+def cache_folder_for(source_url: str, cache_root: Path) -> Path:
+    """One cache folder per data URL, so two datasets never mix."""
+    return cache_root / "data" / hashlib.sha256(source_url.encode()).hexdigest()[:16]
+
+
+def data_fingerprint(objects: Iterable[ObjectInfo]) -> str:
+    """A stable hash over every object's key, ETag and size: equal data, equal fingerprint."""
+    digest = hashlib.sha256()
+    for info in sorted(objects, key=lambda item: item.key):
+        digest.update(f"{info.key}\t{info.etag}\t{info.size}\n".encode())
+    return digest.hexdigest()
+
+
+def _read_manifest(cache_dir: Path) -> dict[str, list[object]]:
+    try:
+        manifest = json.loads((cache_dir / MANIFEST_NAME).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _safe_objects(
+    store: ObjectStore, log: logging.Logger | logging.LoggerAdapter
+) -> list[ObjectInfo]:
+    objects = []
+    for info in store.list():
+        try:
+            check_key(info.key)
+        except ValueError as error:
+            log.warning("Refused object %s: %s", info.key, error)
+            continue
+        objects.append(info)
+    return objects
+
+
+def fetch_data(
+    store: ObjectStore,
+    cache_root: Path,
+    log: logging.Logger | logging.LoggerAdapter = logger,
+) -> DataSnapshot:
+    """Bring the local cache in line with the store; only changed objects cross the network."""
+    store.check()
+    objects = _safe_objects(store, log)
+    if not objects:
+        raise StoreError(
+            f"no data found at {store.url}: expected one sub-folder of images per class"
+        )
+
+    cache_dir = cache_folder_for(store.url, cache_root)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    known = _read_manifest(cache_dir)
+    wanted = {info.key: info for info in objects}
+
+    stale = [
+        info
+        for info in objects
+        if known.get(info.key) != [info.etag, info.size] or not (cache_dir / info.key).is_file()
+    ]
+    removed = _remove_files_not_in(cache_dir, set(wanted))
+
+    log.info(
+        "Fetching %s: %d objects, %d to download, %d removed from the cache",
+        store.url,
+        len(objects),
+        len(stale),
+        removed,
+    )
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        # list() drains the iterator so the first failed download raises here.
+        list(pool.map(lambda info: store.download(info.key, cache_dir / info.key), stale))
+
+    manifest = {key: [info.etag, info.size] for key, info in sorted(wanted.items())}
+    write_atomically(cache_dir / MANIFEST_NAME, json.dumps(manifest).encode())
+    return DataSnapshot(
+        source_url=store.url,
+        cache_dir=cache_dir,
+        fingerprint=data_fingerprint(objects),
+        file_count=len(objects),
+        downloaded=len(stale),
+        deleted=removed,
+    )
+
+
+def _remove_files_not_in(cache_dir: Path, keys: set[str]) -> int:
+    """Delete cached files whose object is gone, and leftovers of an interrupted download."""
+    removed = 0
+    for path in cache_dir.rglob("*"):
+        if not path.is_file() or path.name == MANIFEST_NAME:
+            continue
+        if path.relative_to(cache_dir).as_posix() not in keys:
+            path.unlink()
+            removed += 1
+    return removed

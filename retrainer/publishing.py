@@ -1,0 +1,147 @@
+"""Publish: upload a version's files, manifest last, then move the champion pointer if it passed.
+
+A reader that follows champion.json never finds a missing or partial file: every file of a version
+is uploaded (each put is atomic) before its manifest, and the manifest before champion.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from retrainer.records import Batches, GateDecision, Publication, TrainedModel
+from retrainer.registry import ModelRegistry, PromotionConflict, new_version_id
+from retrainer.storage import sha256_of_file
+
+logger = logging.getLogger(__name__)
+
+PACKAGES = ("retrainer", "tensorflow", "keras", "numpy", "prefect", "boto3")
+
+
+def git_commit() -> str:
+    """The code version: the image's RETRAINER_GIT_COMMIT, else the checkout's HEAD."""
+    if commit := os.environ.get("RETRAINER_GIT_COMMIT"):
+        return commit
+    try:
+        answer = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return answer.stdout.strip()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_manifest(
+    files: dict[str, Path],
+    batches: Batches,
+    trained: TrainedModel,
+    parameters: dict[str, Any],
+    run_id: str,
+) -> dict[str, Any]:
+    return {
+        "files": {
+            name: {"sha256": sha256_of_file(path), "size": path.stat().st_size}
+            for name, path in sorted(files.items())
+        },
+        "data_fingerprint": batches.data_fingerprint,
+        "class_names": batches.class_names,
+        "train_images": batches.train_count,
+        "validation_images": batches.validation_count,
+        "parameters": parameters,
+        "device": trained.device,
+        "epochs_run": trained.epochs_run,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "run_id": run_id,
+        "started_at": trained.started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def publish_version(
+    registry: ModelRegistry,
+    batches: Batches,
+    trained: TrainedModel,
+    decision: GateDecision,
+    parameters: dict[str, Any],
+    run_id: str,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
+) -> Publication:
+    """Upload model, history, metrics, decision and manifest; promote if the gate passed."""
+    version = new_version_id()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "metrics.json").write_text(json.dumps(trained.metrics, indent=2))
+        (folder / "decision.json").write_text(decision.model_dump_json(indent=2))
+        files = {
+            "model.keras": trained.model_path,
+            "history.json": trained.history_path,
+            "metrics.json": folder / "metrics.json",
+            "decision.json": folder / "decision.json",
+        }
+        for name, path in files.items():
+            registry.store.upload(registry.file_key(version, name), path)
+        manifest = build_manifest(files, batches, trained, parameters, run_id)
+        registry.store.put(
+            registry.file_key(version, "manifest.json"), json.dumps(manifest, indent=2).encode()
+        )
+
+    version_url = registry.store.describe(registry.version_prefix(version))
+    log.info("Uploaded version %s to %s", version, version_url)
+    published = [*files, "manifest.json"]
+    if not decision.passed:
+        log.warning("Not promoted, %s", decision.reason)
+        return Publication(
+            model_name=registry.model_name,
+            version=version,
+            version_url=version_url,
+            files=published,
+            promoted=False,
+            champion_version=decision.champion_version,
+            message=f"version {version} {decision.reason}; champion unchanged",
+        )
+    try:
+        registry.promote(version, run_id, decision.reason, decision.champion_etag)
+    except PromotionConflict as conflict:
+        log.warning("Not promoted: %s", conflict)
+        champion, _ = registry.read_champion()
+        return Publication(
+            model_name=registry.model_name,
+            version=version,
+            version_url=version_url,
+            files=published,
+            promoted=False,
+            champion_version=champion.version if champion else None,
+            message=str(conflict),
+        )
+    log.info("Promoted version %s to champion of '%s'", version, registry.model_name)
+    return Publication(
+        model_name=registry.model_name,
+        version=version,
+        version_url=version_url,
+        files=published,
+        promoted=True,
+        champion_version=version,
+        message=f"version {version} is the new champion ({decision.reason})",
+    )

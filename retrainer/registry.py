@@ -1,0 +1,144 @@
+"""The model registry: published versions in the store and the champion pointer naming one.
+
+Layout under the store root:
+
+    models/<name>/versions/<version>/model.keras, history.json, metrics.json, decision.json,
+                                      manifest.json, ...
+    models/<name>/champion.json       written last, and only for a version whose files are all there
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from retrainer.storage import ObjectNotFound, ObjectStore
+
+CHAMPION_HISTORY_LENGTH = 10
+
+
+class PromotionConflict(RuntimeError):
+    """Another run moved the champion pointer between our read and our write."""
+
+
+class ChampionEntry(BaseModel):
+    version: str
+    promoted_at: datetime
+    run_id: str
+    reason: str
+
+
+class Champion(ChampionEntry):
+    model_name: str
+    previous: list[ChampionEntry] = Field(default_factory=list)
+
+
+class VersionSummary(BaseModel):
+    version: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    passed: bool | None = None
+    reason: str = ""
+    is_champion: bool = False
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """Sortable by time, unique across machines: 20261128T021500Z-3fa9c1."""
+    moment = now or datetime.now(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+class ModelRegistry:
+    def __init__(self, store: ObjectStore, model_name: str) -> None:
+        self.store = store
+        self.model_name = model_name
+        self.root = f"models/{model_name}"
+        self.champion_key = f"{self.root}/champion.json"
+
+    def version_prefix(self, version: str) -> str:
+        return f"{self.root}/versions/{version}/"
+
+    def file_key(self, version: str, filename: str) -> str:
+        return self.version_prefix(version) + filename
+
+    def read_champion(self) -> tuple[Champion | None, str | None]:
+        """The champion and the ETag to pass to `promote` (None, None before the first one)."""
+        info = self.store.head(self.champion_key)
+        if info is None:
+            return None, None
+        try:
+            raw = self.store.get(self.champion_key)
+        except ObjectNotFound:
+            return None, None
+        return Champion.model_validate_json(raw), info.etag
+
+    def promote(
+        self, version: str, run_id: str, reason: str, expected_etag: str | None
+    ) -> Champion:
+        """Point champion.json at `version`, unless someone else moved it since `expected_etag`."""
+        if not self.store.exists(self.file_key(version, "manifest.json")):
+            raise ValueError(f"version {version} of '{self.model_name}' is not fully published")
+        current, _ = self.read_champion()
+        previous: list[ChampionEntry] = []
+        if current is not None:
+            entry = ChampionEntry.model_validate(
+                current.model_dump(include=set(ChampionEntry.model_fields))
+            )
+            previous = [entry, *current.previous][:CHAMPION_HISTORY_LENGTH]
+        champion = Champion(
+            model_name=self.model_name,
+            version=version,
+            promoted_at=datetime.now(UTC),
+            run_id=run_id,
+            reason=reason,
+            previous=previous,
+        )
+        body = champion.model_dump_json(indent=2).encode()
+        if not self.store.put_if(self.champion_key, body, expected_etag):
+            raise PromotionConflict(
+                f"champion of '{self.model_name}' changed while this run was gating; "
+                f"version {version} stays published but unpromoted"
+            )
+        return champion
+
+    def read_json(self, version: str, filename: str) -> dict[str, object]:
+        data = json.loads(self.store.get(self.file_key(version, filename)))
+        assert isinstance(data, dict)
+        return data
+
+    def list_versions(self) -> list[VersionSummary]:
+        """Every version with a manifest (fully published), oldest first."""
+        prefix = f"{self.root}/versions/"
+        versions = sorted(
+            {
+                info.key[len(prefix) :].split("/", 1)[0]
+                for info in self.store.list(prefix)
+                if info.key.endswith("/manifest.json")
+            }
+        )
+        champion, _ = self.read_champion()
+        summaries = []
+        for version in versions:
+            metrics = self.read_json(version, "metrics.json")
+            try:
+                decision = self.read_json(version, "decision.json")
+            except ObjectNotFound:
+                decision = {}
+            summaries.append(
+                VersionSummary(
+                    version=version,
+                    metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+                    passed=decision.get("passed"),
+                    reason=str(decision.get("reason", "")),
+                    is_champion=champion is not None and champion.version == version,
+                )
+            )
+        return summaries
+
+    def download_model(self, version: str, destination: Path) -> Path:
+        path = destination / version / "model.keras"
+        self.store.download(self.file_key(version, "model.keras"), path)
+        return path

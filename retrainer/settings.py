@@ -1,0 +1,179 @@
+"""Every setting of retrainer, in one pydantic-settings model.
+
+Settings come from `RETRAINER_*` environment variables or a `.env` file; nested values use `__`
+(`RETRAINER_GATE__MIN_ACCURACY=0.9`). Credentials are deliberately not settings: boto3 finds them
+through its own chain (environment, profile, instance role), and `AWS_ENDPOINT_URL` points it at
+MinIO, R2 or any other S3-compatible store.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RETRAINER_"
+DEMO_DATASET_KEY = "datasets/digits"
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class SettingsError(ValueError):
+    """A setting is wrong; the message is one line per bad value and names the variable."""
+
+
+def check_location_url(url: str) -> str:
+    """Accept `s3://bucket/prefix`, `file:///path` or a plain local path; refuse anything else."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if len(parsed.netloc) < 3:
+            raise ValueError(
+                f"'{url}' needs a bucket name of at least 3 characters: s3://bucket/prefix"
+            )
+        return url
+    if parsed.scheme in ("", "file"):
+        if not (parsed.path or parsed.netloc):
+            raise ValueError("is empty: give s3://bucket/prefix or a local folder")
+        return url
+    raise ValueError(
+        f"unknown URL scheme '{parsed.scheme}://' in '{url}': use s3://bucket/prefix, "
+        "file:///path or a local folder"
+    )
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_NAME.match(name):
+        raise ValueError(
+            f"'{name}' is not a model name: use lower-case letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def join_url(base: str, key: str) -> str:
+    return base.rstrip("/") + "/" + key.strip("/")
+
+
+class GateSettings(BaseModel):
+    """Absolute thresholds a candidate's validation metrics must meet to become champion."""
+
+    min_accuracy: float = Field(0.8, ge=0.0, le=1.0, description="lowest val_accuracy accepted")
+    max_loss: float | None = Field(
+        None, gt=0.0, description="highest val_loss accepted (off: none)"
+    )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    store_url: str = Field(
+        "./.retrainer/store",
+        description="Where models are published: s3://bucket/prefix, file:///path or a folder.",
+    )
+    data_url: str | None = Field(
+        None,
+        description="Where the images are, one sub-folder per class; default: the demo "
+        f"dataset in the store ({DEMO_DATASET_KEY}).",
+    )
+    cache_dir: Path = Field(
+        Path("./.retrainer/cache"), description="Local folder for fetched data and work files."
+    )
+    model_name: str = Field("demo", description="Name the model is published under.")
+    epochs: int = Field(10, ge=1, le=1000, description="Training epochs.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per training batch.")
+    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of images held out for validation."
+    )
+    seed: int = Field(42, ge=0, description="Random seed, for repeatable runs.")
+    model_factory: str = Field(
+        "retrainer.training:build_default_model",
+        description="`module:function` returning a Keras model for (input shape, classes).",
+    )
+    min_images_per_class: int = Field(5, ge=1, description="Fewer images in a class stop the run.")
+    max_quarantined_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of unusable files above which the run stops."
+    )
+    gate: GateSettings = Field(default_factory=GateSettings)
+
+    @field_validator("store_url", "data_url")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        return None if value is None else check_location_url(value)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return check_model_name(value)
+
+    @model_validator(mode="after")
+    def _default_data_url(self) -> Settings:
+        if self.data_url is None:
+            self.data_url = join_url(self.store_url, DEMO_DATASET_KEY)
+        return self
+
+    @property
+    def resolved_data_url(self) -> str:
+        assert self.data_url is not None  # filled in by _default_data_url
+        return self.data_url
+
+    def with_parameters(self, parameters: RetrainParameters) -> Settings:
+        """These settings, with every parameter a run was given in their place."""
+        given = parameters.model_dump(exclude_none=True, exclude={"min_accuracy"})
+        gate = self.gate
+        if parameters.min_accuracy is not None:
+            gate = gate.model_copy(update={"min_accuracy": parameters.min_accuracy})
+        return self.model_copy(update={**given, "gate": gate})
+
+
+class RetrainParameters(BaseModel):
+    """What a person may change for one run, from the CLI or the Prefect UI's form.
+
+    Every field left empty takes its value from the settings.
+    """
+
+    model_name: str | None = Field(None, description="Name the model is published under.")
+    data_url: str | None = Field(None, description="s3://bucket/prefix or folder of class folders.")
+    epochs: int | None = Field(None, ge=1, le=1000, description="Training epochs.")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Images per batch.")
+    learning_rate: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate.")
+    min_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="Gate: lowest validation accuracy accepted."
+    )
+
+    @field_validator("data_url")
+    @classmethod
+    def _location(cls, value: str | None) -> str | None:
+        return None if value is None else check_location_url(value)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_name(value)
+
+
+def describe_validation_error(error: ValidationError, prefix: str = ENV_PREFIX) -> str:
+    """One line per bad value, naming the environment variable a user sets to fix it."""
+    lines = []
+    for problem in error.errors():
+        name = prefix + "__".join(str(part).upper() for part in problem["loc"])
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        given = problem.get("input")
+        suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        lines.append(f"{name}: {message}{suffix}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; bad values raise SettingsError with readable lines."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None

@@ -1,0 +1,112 @@
+"""Validate: every image must decode before any training time is spent on it.
+
+Files that are empty, corrupt, not images or outside a class folder are quarantined (kept out of
+training and listed with the reason); too many of them, or too few classes or images, stop the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from retrainer.fetching import MANIFEST_NAME
+from retrainer.records import DataSnapshot, QuarantinedFile, ValidatedData
+from retrainer.storage import write_atomically
+
+# The formats tf.io.decode_image reads, so a file accepted here always decodes in training.
+ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The data cannot train a model; the message says what to fix."""
+
+
+def image_problem(path: Path) -> str | None:
+    """Why this file cannot be a training image, or None when it can."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as image:
+            if image.format not in ACCEPTED_FORMATS:
+                return f"format {image.format} is not one of JPEG, PNG, GIF, BMP"
+            image.load()
+    except UnidentifiedImageError:
+        return "not an image"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"does not decode: {error}"
+    return None
+
+
+def validate_data(
+    snapshot: DataSnapshot,
+    work_dir: Path,
+    min_images_per_class: int,
+    max_quarantined_fraction: float,
+    log: logging.Logger | logging.LoggerAdapter = logger,
+) -> ValidatedData:
+    """Check every cached file, write the index of usable images, summarise per class."""
+    paths = sorted(
+        path
+        for path in snapshot.cache_dir.rglob("*")
+        if path.is_file() and path.name != MANIFEST_NAME
+    )
+    usable: list[tuple[str, str]] = []
+    quarantined: list[QuarantinedFile] = []
+    for path in paths:
+        relative = path.relative_to(snapshot.cache_dir).as_posix()
+        problem = "not inside a class folder" if "/" not in relative else image_problem(path)
+        if problem:
+            quarantined.append(QuarantinedFile(path=relative, reason=problem))
+        else:
+            usable.append((relative, relative.split("/", 1)[0]))
+
+    for item in quarantined:
+        log.warning("Quarantined %s: %s", item.path, item.reason)
+    if paths and len(quarantined) / len(paths) > max_quarantined_fraction:
+        raise DataError(
+            f"{len(quarantined)} of {len(paths)} files are unusable, more than the allowed "
+            f"{max_quarantined_fraction:.0%}: fix the data or raise "
+            "RETRAINER_MAX_QUARANTINED_FRACTION"
+        )
+
+    counts = Counter(class_name for _, class_name in usable)
+    class_names = sorted(counts)
+    if len(class_names) < 2:
+        raise DataError(
+            f"found {len(class_names)} class folder(s) in {snapshot.source_url}: "
+            "a classifier needs at least two, one sub-folder of images per class"
+        )
+    too_small = {name: count for name, count in counts.items() if count < min_images_per_class}
+    if too_small:
+        listed = ", ".join(f"{name} ({count})" for name, count in sorted(too_small.items()))
+        raise DataError(
+            f"classes with fewer than {min_images_per_class} images: {listed}; add images or "
+            "lower RETRAINER_MIN_IMAGES_PER_CLASS"
+        )
+
+    label_of = {name: index for index, name in enumerate(class_names)}
+    index = [[relative, label_of[class_name]] for relative, class_name in usable]
+    index_path = work_dir / f"index-{snapshot.fingerprint[:16]}.json"
+    write_atomically(index_path, json.dumps(index).encode())
+
+    summary = ", ".join(f"{name}: {counts[name]}" for name in class_names)
+    log.info(
+        "Validated %d images in %d classes (%s); %d quarantined",
+        len(usable),
+        len(class_names),
+        summary,
+        len(quarantined),
+    )
+    return ValidatedData(
+        snapshot=snapshot,
+        class_names=class_names,
+        images_per_class={name: counts[name] for name in class_names},
+        index_path=index_path,
+        quarantined=quarantined,
+    )

@@ -1,0 +1,27 @@
+"""The fetch task: check both stores, then mirror the data into the local cache."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from retrainer.fetching import fetch_data
+from retrainer.preflight import check_stores
+from retrainer.records import DataSnapshot
+from retrainer.settings import Settings
+from retrainer.storage import open_store
+
+
+@task(name="fetch data", retries=2, retry_delay_seconds=[10, 60])
+def fetch(settings: Settings) -> DataSnapshot:
+    check_stores(settings)
+    log = get_run_logger()
+    snapshot = fetch_data(open_store(settings.resolved_data_url), settings.cache_dir, log)
+    log.info(
+        "Data %s: %d files, fingerprint %s (%d downloaded, %d removed)",
+        snapshot.source_url,
+        snapshot.file_count,
+        snapshot.fingerprint[:12],
+        snapshot.downloaded,
+        snapshot.deleted,
+    )
+    return snapshot

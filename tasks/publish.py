@@ -1,0 +1,56 @@
+"""The publish task: upload the version, promote it if it passed, and report the run."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from retrainer.publishing import publish_version
+from retrainer.records import Batches, GateDecision, Publication, TrainedModel
+from retrainer.registry import ModelRegistry
+from retrainer.report import run_report
+from retrainer.settings import Settings
+from retrainer.storage import open_store
+
+
+def artifact_key(model_name: str) -> str:
+    # Prefect artifact keys allow only lower-case letters, digits and dashes.
+    return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
+
+
+@task(name="publish model", retries=2, retry_delay_seconds=[10, 60])
+def publish(
+    batches: Batches, trained: TrainedModel, decision: GateDecision, settings: Settings
+) -> Publication:
+    registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
+    parameters = settings.model_dump(
+        mode="json",
+        include={
+            "epochs",
+            "batch_size",
+            "image_size",
+            "learning_rate",
+            "validation_fraction",
+            "seed",
+            "model_factory",
+            "gate",
+        },
+    )
+    publication = publish_version(
+        registry,
+        batches,
+        trained,
+        decision,
+        parameters,
+        run_id=str(flow_run.id or "local"),
+        log=get_run_logger(),
+    )
+    create_markdown_artifact(
+        markdown=run_report(batches, trained, decision, publication),
+        key=artifact_key(settings.model_name),
+        description=publication.message,
+    )
+    return publication

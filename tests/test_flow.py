@@ -1,0 +1,125 @@
+"""The retraining flow end to end: real Prefect API, real TensorFlow training, real stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import boto3
+import keras
+import pytest
+
+from flows.retrain import retrain
+from retrainer.dataset import input_fn, split_data
+from retrainer.fetching import fetch_data
+from retrainer.registry import ModelRegistry
+from retrainer.settings import RetrainParameters
+from retrainer.storage import LocalStore, ObjectStore, S3Store
+from retrainer.validation import validate_data
+from tests.conftest import digit_images, write_files
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+DATA = digit_images(classes=3, per_class=60)
+
+
+@pytest.fixture
+def fast_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAINER_IMAGE_SIZE", "16")
+    monkeypatch.setenv("RETRAINER_EPOCHS", "12")
+    monkeypatch.setenv("RETRAINER_BATCH_SIZE", "16")
+    monkeypatch.setenv("RETRAINER_LEARNING_RATE", "0.003")
+    monkeypatch.setenv("RETRAINER_GATE__MIN_ACCURACY", "0.8")
+
+
+def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: Path) -> str:
+    """Follow champion.json as a reader would: every file is there with its recorded hash."""
+    champion = json.loads(store.get(f"models/{model_name}/champion.json"))
+    prefix = f"models/{model_name}/versions/{champion['version']}/"
+    manifest = json.loads(store.get(prefix + "manifest.json"))
+    assert set(manifest["files"]) == {
+        "model.keras",
+        "history.json",
+        "metrics.json",
+        "decision.json",
+    }
+    for name, recorded in manifest["files"].items():
+        data = store.get(prefix + name)
+        assert hashlib.sha256(data).hexdigest() == recorded["sha256"]
+        assert len(data) == recorded["size"]
+    for field in ("data_fingerprint", "parameters", "git_commit", "packages", "started_at"):
+        assert manifest[field]
+    history = json.loads(store.get(prefix + "history.json"))
+    assert len(history["val_accuracy"]) == manifest["epochs_run"] == 12
+    model_file = tmp_path / "champion.keras"
+    model_file.write_bytes(store.get(prefix + "model.keras"))
+    return str(model_file)
+
+
+def validation_accuracy(model_file: str, data_store: ObjectStore, tmp_path: Path) -> float:
+    """Score a model on the demo validation split, built by the project's own input function."""
+    snapshot = fetch_data(data_store, tmp_path / "eval-cache")
+    data = validate_data(snapshot, tmp_path / "eval-work", 5, 0.1)
+    batches = split_data(data, tmp_path / "eval-work", 16, 16, 0.2)
+    model = keras.models.load_model(model_file)
+    _, accuracy = model.evaluate(input_fn(batches, "validation", shuffle=False), verbose=0)
+    return float(accuracy)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_folder = write_files(tmp_path / "images", DATA)
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", data_folder.as_uri())
+
+    publication = retrain()
+
+    assert publication.promoted
+    store = LocalStore(tmp_path / "store")
+    model_file = assert_champion_is_complete(store, "demo", tmp_path)
+    accuracy = validation_accuracy(model_file, LocalStore(data_folder), tmp_path)
+    assert accuracy >= 0.8
+    assert json.loads(store.get(f"models/demo/versions/{publication.version}/metrics.json"))[
+        "val_accuracy"
+    ] == pytest.approx(accuracy, abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = boto3.client("s3")
+    for key, data in DATA.items():
+        client.put_object(Bucket=bucket, Key=f"incoming/images/{key}", Body=data)
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
+    monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/incoming/images")
+    monkeypatch.setenv("RETRAINER_MODEL_NAME", "digits")
+
+    first = retrain()
+    assert first.promoted
+    store = S3Store(bucket, "registry")
+    assert_champion_is_complete(store, "digits", tmp_path)
+    champion_before = store.get("models/digits/champion.json")
+
+    second = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
+
+    assert not second.promoted
+    assert "val_accuracy" in second.message and "rejected" in second.message
+    assert store.get("models/digits/champion.json") == champion_before
+    rejected = f"models/digits/versions/{second.version}/"
+    assert {info.key[len(rejected) :] for info in store.list(rejected)} == {
+        "model.keras",
+        "history.json",
+        "metrics.json",
+        "decision.json",
+        "manifest.json",
+    }
+    decision = json.loads(store.get(rejected + "decision.json"))
+    assert decision["passed"] is False
+    summaries = ModelRegistry(store, "digits").list_versions()
+    assert [summary.is_champion for summary in summaries] == [True, False]

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pytest
+
+from retrainer.settings import RetrainParameters, SettingsError, load_settings
+
+
+def test_defaults_point_the_data_at_the_demo_dataset_in_the_store() -> None:
+    settings = load_settings()
+    assert settings.store_url == "./.retrainer/store"
+    assert settings.resolved_data_url == "./.retrainer/store/datasets/digits"
+    assert settings.epochs == 10
+    assert settings.model_name == "demo"
+
+
+def test_environment_and_nested_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models-bucket/team")
+    monkeypatch.setenv("RETRAINER_GATE__MIN_ACCURACY", "0.9")
+    monkeypatch.setenv("RETRAINER_EPOCHS", "3")
+    settings = load_settings()
+    assert settings.gate.min_accuracy == 0.9
+    assert settings.epochs == 3
+    assert settings.resolved_data_url == "s3://models-bucket/team/datasets/digits"
+
+
+def test_dotenv_file_is_read(isolated_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated_settings / ".env").write_text("RETRAINER_MODEL_NAME=flowers\n")
+    assert load_settings().model_name == "flowers"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("RETRAINER_EPOCHS", "0", "RETRAINER_EPOCHS: Input should be greater than or equal to 1"),
+        ("RETRAINER_STORE_URL", "ftp://host/models", "RETRAINER_STORE_URL: unknown URL scheme"),
+        ("RETRAINER_DATA_URL", "s3://ab", "RETRAINER_DATA_URL: 's3://ab' needs a bucket name"),
+        ("RETRAINER_MODEL_NAME", "My Model", "RETRAINER_MODEL_NAME: 'My Model' is not a model"),
+        ("RETRAINER_GATE__MIN_ACCURACY", "2", "RETRAINER_GATE__MIN_ACCURACY: Input should be less"),
+    ],
+)
+def test_bad_value_gives_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+
+
+def test_two_bad_values_give_two_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAINER_EPOCHS", "0")
+    monkeypatch.setenv("RETRAINER_BATCH_SIZE", "-1")
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    lines = str(error.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["RETRAINER_EPOCHS", "RETRAINER_BATCH_SIZE"]
+
+
+def test_parameters_override_settings_and_leave_the_rest() -> None:
+    settings = load_settings().with_parameters(RetrainParameters(epochs=2, min_accuracy=0.5))
+    assert settings.epochs == 2
+    assert settings.gate.min_accuracy == 0.5
+    assert settings.batch_size == 32
+
+
+def test_parameters_reject_bad_values() -> None:
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        RetrainParameters(epochs=0)
+    with pytest.raises(ValueError, match="greater than 0"):
+        RetrainParameters(learning_rate=-0.1)
