@@ -3,7 +3,7 @@ UV := .tools/bin/uv
 RUN := $(UV) run --frozen --no-sync
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test
+.PHONY: run test deploy
 
 # uv is pinned and kept in its own folder, so every machine resolves and installs the same way.
 $(UV):
@@ -21,3 +21,8 @@ test: $(UV)
 	$(RUN) ruff check .
 	$(RUN) mypy
 	$(RUN) pytest
+
+# Registers prefect.yaml's deployments with the Prefect API in PREFECT_API_URL.
+deploy: $(UV)
+	$(UV) sync --frozen
+	RETRAINER_WORK_POOL=$${RETRAINER_WORK_POOL:-retrainer-gpu} $(RUN) prefect deploy --all

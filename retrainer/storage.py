@@ -207,7 +207,9 @@ class S3Store(ObjectStore):
 
     def check(self) -> None:
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            # A one-key listing of our own prefix, not HeadBucket: a least-privilege policy grants
+            # s3:ListBucket only under the prefixes this job uses.
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
         except botocore.exceptions.NoCredentialsError:
             raise StoreError(
                 "no AWS credentials found: set AWS_PROFILE, AWS_ACCESS_KEY_ID/"
