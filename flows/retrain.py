@@ -22,5 +22,5 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
     data = validate(snapshot, settings)
     batches = build_batches(data, settings)
     trained = train(batches, settings)
-    decision = gate(trained, settings)
-    return publish(batches, trained, decision, settings)
+    decision = gate(batches, trained, settings)
+    return publish(data, batches, trained, decision, settings)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 
 from pydantic import ValidationError
 
 from retrainer.preflight import check_stores
-from retrainer.registry import ModelRegistry
+from retrainer.registry import ModelRegistry, PromotionConflict
 from retrainer.settings import (
     DEMO_DATASET_KEY,
     RetrainParameters,
@@ -38,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list published versions and the champion")
     models.add_argument("--model-name", help="model to list (default: RETRAINER_MODEL_NAME)")
+
+    promote = commands.add_parser("promote", help="make a published version champion (override)")
+    promote.add_argument("version")
+    promote.add_argument("--reason", required=True, help="why the gate is overridden (recorded)")
+    promote.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+
+    rollback = commands.add_parser("rollback", help="make the previous champion champion again")
+    rollback.add_argument("--reason", required=True, help="why (recorded in champion.json)")
+    rollback.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
 
     commands.add_parser(
         "seed-demo", help=f"copy the demo digits into the store ({DEMO_DATASET_KEY})"
@@ -75,7 +85,7 @@ def models_command(settings: Settings, model_name: str | None) -> int:
     if not versions:
         print(f"No published versions of '{registry.model_name}' in {settings.store_url}")
         return 0
-    print(f"{'version':<26} {'val_accuracy':>12} {'val_loss':>9}  status")
+    print(f"{'version':<26} {'val_accuracy':>12} {'val_loss':>9} {'macro_f1':>9}  status")
     for summary in versions:
         if summary.is_champion:
             status = "CHAMPION"
@@ -85,7 +95,29 @@ def models_command(settings: Settings, model_name: str | None) -> int:
             status = summary.reason or "rejected"
         accuracy = summary.metrics.get("val_accuracy", float("nan"))
         loss = summary.metrics.get("val_loss", float("nan"))
-        print(f"{summary.version:<26} {accuracy:>12.4f} {loss:>9.4f}  {status}")
+        f1 = summary.metrics.get("val_macro_f1", float("nan"))
+        print(f"{summary.version:<26} {accuracy:>12.4f} {loss:>9.4f} {f1:>9.4f}  {status}")
+    return 0
+
+
+def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    registry = ModelRegistry(
+        open_store(settings.store_url), arguments.model_name or settings.model_name
+    )
+    _, etag = registry.read_champion()
+    champion = registry.promote(
+        arguments.version, f"manual by {getpass.getuser()}", f"override: {arguments.reason}", etag
+    )
+    print(f"Version {champion.version} is now champion of '{registry.model_name}' (override)")
+    return 0
+
+
+def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    registry = ModelRegistry(
+        open_store(settings.store_url), arguments.model_name or settings.model_name
+    )
+    champion = registry.rollback(f"manual by {getpass.getuser()}", arguments.reason)
+    print(f"Rolled back: version {champion.version} is champion of '{registry.model_name}' again")
     return 0
 
 
@@ -107,10 +139,17 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(settings, arguments)
         if arguments.command == "models":
             return models_command(settings, arguments.model_name)
+        if arguments.command == "promote":
+            return promote_command(settings, arguments)
+        if arguments.command == "rollback":
+            return rollback_command(settings, arguments)
         return seed_demo_command(settings)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (ValueError, PromotionConflict) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,58 +1,125 @@
-"""Gate: decide from the candidate's validation metrics whether it may become champion."""
+"""Gate: decide whether the candidate may replace the champion, and say why in one sentence.
+
+Three kinds of check, all settings: absolute thresholds per metric, change thresholds against the
+champion on the same images (largest allowed regression, smallest required improvement, in the
+metric's own direction), and a per-class recall guard so an average cannot hide a broken class.
+"""
 
 from __future__ import annotations
 
 import math
 
-from retrainer.records import GateCheck, GateDecision
-from retrainer.settings import GateSettings
+from retrainer.records import GateCheck, GateDecision, ModelScores
+from retrainer.settings import GateSettings, MetricRule
+
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False}
 
 
-def threshold_checks(metrics: dict[str, float], gate: GateSettings) -> list[GateCheck]:
-    """The absolute thresholds; a missing or NaN metric fails its check."""
-    rules = [("val_accuracy", ">=", gate.min_accuracy)]
-    if gate.max_loss is not None:
-        rules.append(("val_loss", "<=", gate.max_loss))
+def _holds(value: float, bound: float, higher_is_better: bool) -> bool:
+    if math.isnan(value):
+        return False
+    return value >= bound if higher_is_better else value <= bound
+
+
+def metric_checks(
+    metric: str, rule: MetricRule, candidate: ModelScores, champion: ModelScores | None
+) -> list[GateCheck]:
+    higher = HIGHER_IS_BETTER[metric]
+    name = f"val_{metric}"
+    value = float(getattr(candidate, metric))
     checks = []
-    for metric, rule, threshold in rules:
-        value = metrics.get(metric, math.nan)
-        passed = not math.isnan(value) and (
-            value >= threshold if rule == ">=" else value <= threshold
-        )
+    if rule.threshold is not None:
         checks.append(
-            GateCheck(metric=metric, value=value, threshold=threshold, rule=rule, passed=passed)
+            GateCheck(
+                metric=name,
+                value=value,
+                threshold=rule.threshold,
+                higher_is_better=higher,
+                passed=_holds(value, rule.threshold, higher),
+            )
+        )
+    if champion is None:
+        return checks
+    best = float(getattr(champion, metric))
+    # Regression allowed: the bound moves away from "better"; improvement required: towards it.
+    towards_better = 1.0 if higher else -1.0
+    changes = []
+    if rule.max_regression is not None:
+        changes.append((-towards_better * rule.max_regression, "-" if higher else "+"))
+    if rule.min_improvement is not None:
+        changes.append((towards_better * rule.min_improvement, "+" if higher else "-"))
+    for shift, sign in changes:
+        bound = best + shift
+        checks.append(
+            GateCheck(
+                metric=name,
+                value=value,
+                threshold=bound,
+                higher_is_better=higher,
+                passed=_holds(value, bound, higher),
+                champion_value=best,
+                comparison=f"champion {best:.4f} {sign} {abs(shift):.4f}",
+            )
+        )
+    return checks
+
+
+def recall_checks(
+    max_drop: float, candidate: ModelScores, champion: ModelScores
+) -> list[GateCheck]:
+    checks = []
+    for class_name, best in champion.recall.items():
+        value = candidate.recall.get(class_name, 0.0)
+        bound = best - max_drop
+        checks.append(
+            GateCheck(
+                metric=f"recall[{class_name}]",
+                value=value,
+                threshold=bound,
+                higher_is_better=True,
+                passed=_holds(value, bound, True),
+                champion_value=best,
+                comparison=f"champion {best:.4f} - {max_drop:.4f}",
+            )
         )
     return checks
 
 
 def decide(
-    metrics: dict[str, float],
+    candidate: ModelScores,
+    champion: ModelScores | None,
     gate: GateSettings,
     champion_version: str | None,
     champion_etag: str | None,
+    champion_note: str = "",
     stopped_reason: str | None = None,
 ) -> GateDecision:
-    """Pass only if training finished cleanly and every check holds; say why in one sentence."""
-    checks = threshold_checks(metrics, gate)
+    """Pass only if training finished cleanly and every check holds."""
+    checks = []
+    for metric, rule in gate.rules().items():
+        checks += metric_checks(metric, rule, candidate, champion)
+    if champion is not None and gate.max_class_recall_drop is not None:
+        checks += recall_checks(gate.max_class_recall_drop, candidate, champion)
+
     failed = [check for check in checks if not check.passed]
     if stopped_reason:
         reason = f"rejected: {stopped_reason}"
     elif failed:
-        reason = "rejected: " + "; ".join(
-            f"{check.metric} {check.value:.4f} is not {check.rule} {check.threshold:.4f}"
-            for check in failed
-        )
+        reason = "rejected: " + "; ".join(check.describe() for check in failed)
     else:
-        reason = "passed: " + ", ".join(
-            f"{check.metric} {check.value:.4f} {check.rule} {check.threshold:.4f}"
-            for check in checks
+        headline = [check.describe() for check in checks if check.metric == "val_accuracy"]
+        reason = f"passed all {len(checks)} checks" + (
+            f" ({', '.join(headline)})" if headline else ""
         )
-        if champion_version is None:
-            reason += " (first model: no champion to beat)"
+        if champion is None and champion_note:
+            reason += f"; {champion_note}"
     return GateDecision(
         passed=not failed and not stopped_reason,
         reason=reason,
         checks=checks,
+        candidate=candidate,
+        champion=champion,
         champion_version=champion_version,
         champion_etag=champion_etag,
+        champion_note=champion_note,
     )

@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import Batches, GateDecision, Publication, TrainedModel
 from retrainer.registry import ModelRegistry, PromotionConflict, new_version_id
 from retrainer.storage import sha256_of_file
@@ -92,13 +93,25 @@ def publish_version(
     version = new_version_id()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        (folder / "metrics.json").write_text(json.dumps(trained.metrics, indent=2))
+        scores = decision.candidate
+        metrics = {
+            **scores.headline(),
+            "precision": scores.precision,
+            "recall": scores.recall,
+            "confusion_matrix": scores.confusion_matrix,
+        }
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (folder / "decision.json").write_text(decision.model_dump_json(indent=2))
+        history = json.loads(trained.history_path.read_text())
         files = {
             "model.keras": trained.model_path,
             "history.json": trained.history_path,
             "metrics.json": folder / "metrics.json",
             "decision.json": folder / "decision.json",
+            "training_curves.png": plot_training_curves(history, folder / "curves.png"),
+            "confusion_matrix.png": plot_confusion_matrix(
+                scores.confusion_matrix, batches.class_names, folder / "confusion.png"
+            ),
         }
         for name, path in files.items():
             registry.store.upload(registry.file_key(version, name), path)

@@ -53,7 +53,6 @@ class Batches(BaseModel):
 class TrainedModel(BaseModel):
     model_path: Path
     history_path: Path
-    metrics: dict[str, float]
     device: str
     epochs_run: int
     started_at: datetime
@@ -61,20 +60,48 @@ class TrainedModel(BaseModel):
     stopped_reason: str | None = Field(None, description="why training ended early, if it did")
 
 
+class ModelScores(BaseModel):
+    """A model's scores on the validation split."""
+
+    loss: float
+    accuracy: float
+    macro_f1: float
+    precision: dict[str, float]
+    recall: dict[str, float]
+    confusion_matrix: list[list[int]]
+
+    def headline(self) -> dict[str, float]:
+        return {"val_loss": self.loss, "val_accuracy": self.accuracy, "val_macro_f1": self.macro_f1}
+
+
 class GateCheck(BaseModel):
     metric: str
     value: float
     threshold: float
-    rule: str
+    higher_is_better: bool
     passed: bool
+    champion_value: float | None = None
+    comparison: str = Field("", description="how the threshold was derived from the champion")
+
+    def describe(self) -> str:
+        """`val_accuracy 0.8100 < champion 0.8600 - 0.0100`: the check in words, as it came out."""
+        if self.higher_is_better:
+            operator = ">=" if self.passed else "<"
+        else:
+            operator = "<=" if self.passed else ">"
+        bound = self.comparison or f"{self.threshold:.4f}"
+        return f"{self.metric} {self.value:.4f} {operator} {bound}"
 
 
 class GateDecision(BaseModel):
     passed: bool
-    reason: str
+    reason: str = Field(description="the decision in one sentence")
     checks: list[GateCheck]
+    candidate: ModelScores
+    champion: ModelScores | None = Field(None, description="the champion on the same images")
     champion_version: str | None
     champion_etag: str | None = Field(None, description="champion.json as read before the gate")
+    champion_note: str = Field("", description="how the champion was (or could not be) compared")
 
 
 class Publication(BaseModel):

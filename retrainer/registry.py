@@ -84,10 +84,28 @@ class ModelRegistry:
         current, _ = self.read_champion()
         previous: list[ChampionEntry] = []
         if current is not None:
-            entry = ChampionEntry.model_validate(
-                current.model_dump(include=set(ChampionEntry.model_fields))
-            )
+            entry = ChampionEntry(**current.model_dump(include=set(ChampionEntry.model_fields)))
             previous = [entry, *current.previous][:CHAMPION_HISTORY_LENGTH]
+        return self._write_champion(version, run_id, reason, previous, expected_etag)
+
+    def rollback(self, run_id: str, reason: str) -> Champion:
+        """Make the previous champion the champion again; its successor leaves the history."""
+        current, etag = self.read_champion()
+        if current is None or not current.previous:
+            raise ValueError(f"'{self.model_name}' has no previous champion to roll back to")
+        target, *older = current.previous
+        return self._write_champion(
+            target.version, run_id, f"rollback from {current.version}: {reason}", older, etag
+        )
+
+    def _write_champion(
+        self,
+        version: str,
+        run_id: str,
+        reason: str,
+        previous: list[ChampionEntry],
+        expected_etag: str | None,
+    ) -> Champion:
         champion = Champion(
             model_name=self.model_name,
             version=version,
@@ -99,7 +117,7 @@ class ModelRegistry:
         body = champion.model_dump_json(indent=2).encode()
         if not self.store.put_if(self.champion_key, body, expected_etag):
             raise PromotionConflict(
-                f"champion of '{self.model_name}' changed while this run was gating; "
+                f"champion of '{self.model_name}' was changed by another run in the meantime; "
                 f"version {version} stays published but unpromoted"
             )
         return champion

@@ -1,9 +1,9 @@
 """Every setting of retrainer, in one pydantic-settings model.
 
 Settings come from `RETRAINER_*` environment variables or a `.env` file; nested values use `__`
-(`RETRAINER_GATE__MIN_ACCURACY=0.9`). Credentials are deliberately not settings: boto3 finds them
-through its own chain (environment, profile, instance role), and `AWS_ENDPOINT_URL` points it at
-MinIO, R2 or any other S3-compatible store.
+(`RETRAINER_GATE__ACCURACY__THRESHOLD=0.9`). Credentials are deliberately not settings: boto3
+finds them through its own chain (environment, profile, instance role), and `AWS_ENDPOINT_URL`
+points it at MinIO, R2 or any other S3-compatible store.
 """
 
 from __future__ import annotations
@@ -55,13 +55,48 @@ def join_url(base: str, key: str) -> str:
     return base.rstrip("/") + "/" + key.strip("/")
 
 
-class GateSettings(BaseModel):
-    """Absolute thresholds a candidate's validation metrics must meet to become champion."""
+class MetricRule(BaseModel):
+    """How one validation metric is judged; every part is optional.
 
-    min_accuracy: float = Field(0.8, ge=0.0, le=1.0, description="lowest val_accuracy accepted")
-    max_loss: float | None = Field(
-        None, gt=0.0, description="highest val_loss accepted (off: none)"
+    Regression and improvement follow the metric's direction: for accuracy a regression is a drop,
+    for loss a rise.
+    """
+
+    threshold: float | None = Field(
+        None, ge=0.0, description="absolute bound (min, or max for loss)"
     )
+    max_regression: float | None = Field(
+        None, ge=0.0, description="largest allowed step back from the champion"
+    )
+    min_improvement: float | None = Field(
+        None, ge=0.0, description="smallest required step forward from the champion"
+    )
+
+
+# One class per metric, so that setting one part (RETRAINER_GATE__ACCURACY__THRESHOLD) keeps the
+# defaults of the others.
+class AccuracyRule(MetricRule):
+    threshold: float | None = Field(0.8, ge=0.0, le=1.0)
+    max_regression: float | None = Field(0.01, ge=0.0)
+
+
+class MacroF1Rule(MetricRule):
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    max_regression: float | None = Field(0.02, ge=0.0)
+
+
+class GateSettings(BaseModel):
+    """What a candidate must show to replace the champion."""
+
+    accuracy: AccuracyRule = Field(default_factory=AccuracyRule)
+    macro_f1: MacroF1Rule = Field(default_factory=MacroF1Rule)
+    loss: MetricRule = Field(default_factory=MetricRule)
+    max_class_recall_drop: float | None = Field(
+        0.1, ge=0.0, le=1.0, description="largest drop in any one class's recall"
+    )
+
+    def rules(self) -> dict[str, MetricRule]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
 
 
 class Settings(BaseSettings):
@@ -129,7 +164,8 @@ class Settings(BaseSettings):
         given = parameters.model_dump(exclude_none=True, exclude={"min_accuracy"})
         gate = self.gate
         if parameters.min_accuracy is not None:
-            gate = gate.model_copy(update={"min_accuracy": parameters.min_accuracy})
+            accuracy = gate.accuracy.model_copy(update={"threshold": parameters.min_accuracy})
+            gate = gate.model_copy(update={"accuracy": accuracy})
         return self.model_copy(update={**given, "gate": gate})
 
 

@@ -163,9 +163,6 @@ def train_model(
         stopped_reason = f"the training loss became NaN in epoch {epochs_run}"
         log.error("Training stopped: %s", stopped_reason)
 
-    val_loss, val_accuracy = model.evaluate(validation, verbose=0)
-    metrics = {"val_loss": float(val_loss), "val_accuracy": float(val_accuracy)}
-
     output_dir.mkdir(parents=True, exist_ok=True)
     model_path = output_dir / "model.keras"
     model.save(model_path)
@@ -175,7 +172,6 @@ def train_model(
     return TrainedModel(
         model_path=model_path,
         history_path=history_path,
-        metrics=metrics,
         device=plan.description,
         epochs_run=epochs_run,
         started_at=started_at,

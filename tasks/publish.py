@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from retrainer.publishing import publish_version
-from retrainer.records import Batches, GateDecision, Publication, TrainedModel
+from retrainer.records import Batches, GateDecision, Publication, TrainedModel, ValidatedData
 from retrainer.registry import ModelRegistry
 from retrainer.report import run_report
 from retrainer.settings import Settings
@@ -23,7 +23,11 @@ def artifact_key(model_name: str) -> str:
 
 @task(name="publish model", retries=2, retry_delay_seconds=[10, 60])
 def publish(
-    batches: Batches, trained: TrainedModel, decision: GateDecision, settings: Settings
+    data: ValidatedData,
+    batches: Batches,
+    trained: TrainedModel,
+    decision: GateDecision,
+    settings: Settings,
 ) -> Publication:
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
     parameters = settings.model_dump(
@@ -48,8 +52,13 @@ def publish(
         run_id=str(flow_run.id or "local"),
         log=get_run_logger(),
     )
+    images = {
+        name: registry.store.get(registry.file_key(publication.version, name))
+        for name in publication.files
+        if name.endswith(".png")
+    }
     create_markdown_artifact(
-        markdown=run_report(batches, trained, decision, publication),
+        markdown=run_report(data, batches, trained, decision, publication, images),
         key=artifact_key(settings.model_name),
         description=publication.message,
     )

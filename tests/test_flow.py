@@ -22,6 +22,15 @@ from tests.conftest import digit_images, write_files
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 DATA = digit_images(classes=3, per_class=60)
+PUBLISHED_FILES = {
+    "model.keras",
+    "history.json",
+    "metrics.json",
+    "decision.json",
+    "training_curves.png",
+    "confusion_matrix.png",
+    "manifest.json",
+}
 
 
 @pytest.fixture
@@ -30,7 +39,7 @@ def fast_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETRAINER_EPOCHS", "12")
     monkeypatch.setenv("RETRAINER_BATCH_SIZE", "16")
     monkeypatch.setenv("RETRAINER_LEARNING_RATE", "0.003")
-    monkeypatch.setenv("RETRAINER_GATE__MIN_ACCURACY", "0.8")
+    monkeypatch.setenv("RETRAINER_GATE__ACCURACY__THRESHOLD", "0.8")
 
 
 def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: Path) -> str:
@@ -38,12 +47,7 @@ def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: P
     champion = json.loads(store.get(f"models/{model_name}/champion.json"))
     prefix = f"models/{model_name}/versions/{champion['version']}/"
     manifest = json.loads(store.get(prefix + "manifest.json"))
-    assert set(manifest["files"]) == {
-        "model.keras",
-        "history.json",
-        "metrics.json",
-        "decision.json",
-    }
+    assert set(manifest["files"]) == PUBLISHED_FILES - {"manifest.json"}
     for name, recorded in manifest["files"].items():
         data = store.get(prefix + name)
         assert hashlib.sha256(data).hexdigest() == recorded["sha256"]
@@ -112,14 +116,12 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert "val_accuracy" in second.message and "rejected" in second.message
     assert store.get("models/digits/champion.json") == champion_before
     rejected = f"models/digits/versions/{second.version}/"
-    assert {info.key[len(rejected) :] for info in store.list(rejected)} == {
-        "model.keras",
-        "history.json",
-        "metrics.json",
-        "decision.json",
-        "manifest.json",
-    }
+    assert {info.key[len(rejected) :] for info in store.list(rejected)} == PUBLISHED_FILES
     decision = json.loads(store.get(rejected + "decision.json"))
     assert decision["passed"] is False
+    assert decision["champion_version"] == first.version
+    assert decision["champion_note"] == f"compared with champion {first.version} on the same images"
+    first_metrics = json.loads(store.get(f"models/digits/versions/{first.version}/metrics.json"))
+    assert decision["champion"]["accuracy"] == pytest.approx(first_metrics["val_accuracy"])
     summaries = ModelRegistry(store, "digits").list_versions()
     assert [summary.is_champion for summary in summaries] == [True, False]

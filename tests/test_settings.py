@@ -15,10 +15,11 @@ def test_defaults_point_the_data_at_the_demo_dataset_in_the_store() -> None:
 
 def test_environment_and_nested_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models-bucket/team")
-    monkeypatch.setenv("RETRAINER_GATE__MIN_ACCURACY", "0.9")
+    monkeypatch.setenv("RETRAINER_GATE__ACCURACY__THRESHOLD", "0.9")
     monkeypatch.setenv("RETRAINER_EPOCHS", "3")
     settings = load_settings()
-    assert settings.gate.min_accuracy == 0.9
+    assert settings.gate.accuracy.threshold == 0.9
+    assert settings.gate.accuracy.max_regression == 0.01
     assert settings.epochs == 3
     assert settings.resolved_data_url == "s3://models-bucket/team/datasets/digits"
 
@@ -35,7 +36,11 @@ def test_dotenv_file_is_read(isolated_settings, monkeypatch: pytest.MonkeyPatch)
         ("RETRAINER_STORE_URL", "ftp://host/models", "RETRAINER_STORE_URL: unknown URL scheme"),
         ("RETRAINER_DATA_URL", "s3://ab", "RETRAINER_DATA_URL: 's3://ab' needs a bucket name"),
         ("RETRAINER_MODEL_NAME", "My Model", "RETRAINER_MODEL_NAME: 'My Model' is not a model"),
-        ("RETRAINER_GATE__MIN_ACCURACY", "2", "RETRAINER_GATE__MIN_ACCURACY: Input should be less"),
+        (
+            "RETRAINER_GATE__ACCURACY__THRESHOLD",
+            "2",
+            "RETRAINER_GATE__ACCURACY__THRESHOLD: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_bad_value_gives_one_line_naming_the_variable(
@@ -61,7 +66,7 @@ def test_two_bad_values_give_two_lines(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_parameters_override_settings_and_leave_the_rest() -> None:
     settings = load_settings().with_parameters(RetrainParameters(epochs=2, min_accuracy=0.5))
     assert settings.epochs == 2
-    assert settings.gate.min_accuracy == 0.5
+    assert settings.gate.accuracy.threshold == 0.5
     assert settings.batch_size == 32
 
 
