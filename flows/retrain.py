@@ -8,6 +8,7 @@ from retrainer.records import Publication
 from retrainer.settings import RetrainParameters, load_settings
 from tasks.batches import build_batches
 from tasks.fetch import fetch
+from tasks.freshness import check_for_changes
 from tasks.gate import gate
 from tasks.publish import publish
 from tasks.train import train
@@ -17,8 +18,11 @@ from tasks.validate import validate
 @flow(name="retrain", log_prints=True)
 def retrain(parameters: RetrainParameters | None = None) -> Publication:
     """Retrain the classifier on the latest data and promote it only if it passes the gate."""
-    settings = load_settings().with_parameters(parameters or RetrainParameters())
+    parameters = parameters or RetrainParameters()
+    settings = load_settings().with_parameters(parameters)
     snapshot = fetch(settings)
+    if skipped := check_for_changes(snapshot, settings, parameters.force):
+        return skipped
     data = validate(snapshot, settings)
     batches = build_batches(data, settings)
     trained = train(batches, settings)

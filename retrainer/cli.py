@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int)
     run.add_argument("--learning-rate", type=float)
     run.add_argument("--min-accuracy", type=float, help="gate: lowest val_accuracy accepted")
+    run.add_argument("--force", action="store_true", help="train even if nothing changed")
 
     models = commands.add_parser("models", help="list published versions and the champion")
     models.add_argument("--model-name", help="model to list (default: RETRAINER_MODEL_NAME)")
@@ -64,6 +65,7 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
             batch_size=arguments.batch_size,
             learning_rate=arguments.learning_rate,
             min_accuracy=arguments.min_accuracy,
+            force=arguments.force,
         )
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error, prefix="--")) from None
@@ -71,11 +73,12 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
     from flows.retrain import retrain
 
-    publication = retrain(parameters)
-    print(f"Model '{publication.model_name}' version {publication.version}")
-    print(f"  uploaded to {publication.version_url}")
-    print(f"  {publication.message}")
-    print(f"  champion: {publication.champion_version or 'none'}")
+    outcome = retrain(parameters)
+    print(f"Model '{outcome.model_name}': {outcome.status}")
+    if outcome.version_url:
+        print(f"  version {outcome.version} uploaded to {outcome.version_url}")
+    print(f"  {outcome.message}")
+    print(f"  champion: {outcome.champion_version or 'none'}")
     return 0
 
 

@@ -29,9 +29,13 @@ def score_predictions(
         nan = float("nan")
         zero = dict.fromkeys(class_names, 0.0)
         return ModelScores(
-            loss=nan, accuracy=nan, macro_f1=nan, precision=zero, recall=zero,
+            loss=nan,
+            accuracy=nan,
+            macro_f1=nan,
+            precision=zero,
+            recall=zero,
             confusion_matrix=[[0] * len(class_names) for _ in class_names],
-        )  # fmt: skip
+        )
     predicted = probabilities.argmax(axis=1)
     indices = list(range(len(class_names)))
     chosen = probabilities[np.arange(len(labels)), labels]

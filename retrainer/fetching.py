@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from retrainer.records import DataSnapshot
@@ -43,28 +43,30 @@ def _read_manifest(cache_dir: Path) -> dict[str, list[object]]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _safe_objects(
-    store: ObjectStore, log: logging.Logger | logging.LoggerAdapter
-) -> list[ObjectInfo]:
-    objects = []
+def _split_safe_keys(
+    store: ObjectStore, log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+) -> tuple[list[ObjectInfo], list[str]]:
+    """The objects that can be cached, and the keys refused because they would leave the cache."""
+    objects, refused = [], []
     for info in store.list():
         try:
             check_key(info.key)
         except ValueError as error:
-            log.warning("Refused object %s: %s", info.key, error)
+            log.warning("Refused object: %s", error)
+            refused.append(info.key)
             continue
         objects.append(info)
-    return objects
+    return objects, refused
 
 
 def fetch_data(
     store: ObjectStore,
     cache_root: Path,
-    log: logging.Logger | logging.LoggerAdapter = logger,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
 ) -> DataSnapshot:
     """Bring the local cache in line with the store; only changed objects cross the network."""
     store.check()
-    objects = _safe_objects(store, log)
+    objects, refused = _split_safe_keys(store, log)
     if not objects:
         raise StoreError(
             f"no data found at {store.url}: expected one sub-folder of images per class"
@@ -89,12 +91,25 @@ def fetch_data(
         len(stale),
         removed,
     )
+    pending = {info.key for info in stale}
+    failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-        # list() drains the iterator so the first failed download raises here.
-        list(pool.map(lambda info: store.download(info.key, cache_dir / info.key), stale))
-
-    manifest = {key: [info.etag, info.size] for key, info in sorted(wanted.items())}
+        downloads = {
+            pool.submit(store.download, info.key, cache_dir / info.key): info.key for info in stale
+        }
+        for done in as_completed(downloads):
+            if error := done.exception():
+                failures.append(error)
+            else:
+                pending.discard(downloads[done])
+    # Recorded after a failure too: what did arrive is kept, so a rerun fetches only the rest.
+    manifest = {
+        key: [info.etag, info.size] for key, info in sorted(wanted.items()) if key not in pending
+    }
     write_atomically(cache_dir / MANIFEST_NAME, json.dumps(manifest).encode())
+    if failures:
+        log.error("%d of %d downloads failed", len(failures), len(stale))
+        raise failures[0]
     return DataSnapshot(
         source_url=store.url,
         cache_dir=cache_dir,
@@ -102,6 +117,7 @@ def fetch_data(
         file_count=len(objects),
         downloaded=len(stale),
         deleted=removed,
+        refused=refused,
     )
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from retrainer.freshness import code_version, work_key
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import Batches, GateDecision, Publication, TrainedModel
 from retrainer.registry import ModelRegistry, PromotionConflict, new_version_id
@@ -24,23 +22,6 @@ from retrainer.storage import sha256_of_file
 logger = logging.getLogger(__name__)
 
 PACKAGES = ("retrainer", "tensorflow", "keras", "numpy", "prefect", "boto3")
-
-
-def git_commit() -> str:
-    """The code version: the image's RETRAINER_GIT_COMMIT, else the checkout's HEAD."""
-    if commit := os.environ.get("RETRAINER_GIT_COMMIT"):
-        return commit
-    try:
-        answer = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return answer.stdout.strip()
 
 
 def package_versions() -> dict[str, str]:
@@ -72,7 +53,8 @@ def build_manifest(
         "parameters": parameters,
         "device": trained.device,
         "epochs_run": trained.epochs_run,
-        "git_commit": git_commit(),
+        "git_commit": code_version(),
+        "work_key": work_key(batches.data_fingerprint, parameters),
         "packages": package_versions(),
         "run_id": run_id,
         "started_at": trained.started_at.isoformat(),
@@ -91,34 +73,34 @@ def publish_version(
 ) -> Publication:
     """Upload model, history, metrics, decision and manifest; promote if the gate passed."""
     version = new_version_id()
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        scores = decision.candidate
-        metrics = {
-            **scores.headline(),
-            "precision": scores.precision,
-            "recall": scores.recall,
-            "confusion_matrix": scores.confusion_matrix,
-        }
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (folder / "decision.json").write_text(decision.model_dump_json(indent=2))
-        history = json.loads(trained.history_path.read_text())
-        files = {
-            "model.keras": trained.model_path,
-            "history.json": trained.history_path,
-            "metrics.json": folder / "metrics.json",
-            "decision.json": folder / "decision.json",
-            "training_curves.png": plot_training_curves(history, folder / "curves.png"),
-            "confusion_matrix.png": plot_confusion_matrix(
-                scores.confusion_matrix, batches.class_names, folder / "confusion.png"
-            ),
-        }
-        for name, path in files.items():
-            registry.store.upload(registry.file_key(version, name), path)
-        manifest = build_manifest(files, batches, trained, parameters, run_id)
-        registry.store.put(
-            registry.file_key(version, "manifest.json"), json.dumps(manifest, indent=2).encode()
-        )
+    # The run's own folder holds everything uploaded, so the report can show the pictures.
+    folder = trained.model_path.parent
+    scores = decision.candidate
+    metrics = {
+        **scores.headline(),
+        "precision": scores.precision,
+        "recall": scores.recall,
+        "confusion_matrix": scores.confusion_matrix,
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (folder / "decision.json").write_text(decision.model_dump_json(indent=2))
+    history = json.loads(trained.history_path.read_text())
+    files = {
+        "model.keras": trained.model_path,
+        "history.json": trained.history_path,
+        "metrics.json": folder / "metrics.json",
+        "decision.json": folder / "decision.json",
+        "training_curves.png": plot_training_curves(history, folder / "training_curves.png"),
+        "confusion_matrix.png": plot_confusion_matrix(
+            scores.confusion_matrix, batches.class_names, folder / "confusion_matrix.png"
+        ),
+    }
+    for name, path in files.items():
+        registry.store.upload(registry.file_key(version, name), path)
+    manifest = build_manifest(files, batches, trained, parameters, run_id)
+    registry.store.put(
+        registry.file_key(version, "manifest.json"), json.dumps(manifest, indent=2).encode()
+    )
 
     version_url = registry.store.describe(registry.version_prefix(version))
     log.info("Uploaded version %s to %s", version, version_url)
@@ -126,11 +108,11 @@ def publish_version(
     if not decision.passed:
         log.warning("Not promoted, %s", decision.reason)
         return Publication(
+            status="rejected",
             model_name=registry.model_name,
             version=version,
             version_url=version_url,
             files=published,
-            promoted=False,
             champion_version=decision.champion_version,
             message=f"version {version} {decision.reason}; champion unchanged",
         )
@@ -140,21 +122,21 @@ def publish_version(
         log.warning("Not promoted: %s", conflict)
         champion, _ = registry.read_champion()
         return Publication(
+            status="conflict",
             model_name=registry.model_name,
             version=version,
             version_url=version_url,
             files=published,
-            promoted=False,
             champion_version=champion.version if champion else None,
             message=str(conflict),
         )
     log.info("Promoted version %s to champion of '%s'", version, registry.model_name)
     return Publication(
+        status="promoted",
         model_name=registry.model_name,
         version=version,
         version_url=version_url,
         files=published,
-        promoted=True,
         champion_version=version,
         message=f"version {version} is the new champion ({decision.reason})",
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,6 +22,7 @@ class DataSnapshot(BaseModel):
     file_count: int
     downloaded: int
     deleted: int
+    refused: list[str] = Field(default_factory=list, description="keys that would leave the cache")
 
 
 class QuarantinedFile(BaseModel):
@@ -36,6 +38,7 @@ class ValidatedData(BaseModel):
     images_per_class: dict[str, int]
     index_path: Path = Field(description="JSON list of [relative path, class index] pairs")
     quarantined: list[QuarantinedFile] = Field(default_factory=list)
+    class_change: str | None = Field(None, description="how the classes differ from the champion's")
 
 
 class Batches(BaseModel):
@@ -47,7 +50,10 @@ class Batches(BaseModel):
     batch_size: int
     train_count: int
     validation_count: int
+    train_per_class: dict[str, int]
+    validation_per_class: dict[str, int]
     data_fingerprint: str
+    cache_decoded: bool = True
 
 
 class TrainedModel(BaseModel):
@@ -105,10 +111,16 @@ class GateDecision(BaseModel):
 
 
 class Publication(BaseModel):
+    """How the run ended: promoted, rejected, lost a promotion race, or skipped."""
+
+    status: Literal["promoted", "rejected", "conflict", "skipped"]
     model_name: str
-    version: str
-    version_url: str
+    version: str | None
+    version_url: str | None
     files: list[str]
-    promoted: bool
     champion_version: str | None
     message: str
+
+    @property
+    def promoted(self) -> bool:
+        return self.status == "promoted"

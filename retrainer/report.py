@@ -20,8 +20,10 @@ def _format(value: float | None) -> str:
 
 def metrics_table(candidate: ModelScores, champion: ModelScores | None) -> list[str]:
     lines = ["| metric | candidate | champion | change |", "|---|---|---|---|"]
-    rows = [(name, value, champion.headline()[name] if champion else None)
-            for name, value in candidate.headline().items()]  # fmt: skip
+    rows = [
+        (name, value, champion.headline()[name] if champion else None)
+        for name, value in candidate.headline().items()
+    ]
     rows += [
         (f"recall[{name}]", value, champion.recall.get(name) if champion else None)
         for name, value in candidate.recall.items()
@@ -74,6 +76,9 @@ def run_report(
         f"per class: {counts}. Fingerprint `{batches.data_fingerprint[:12]}`.",
         f"{len(data.quarantined)} file(s) quarantined"
         + "".join(f"\n- `{item.path}`: {item.reason}" for item in data.quarantined[:20]),
+        f"{len(data.snapshot.refused)} object key(s) refused (they would leave the cache)"
+        + "".join(f"\n- `{key}`" for key in data.snapshot.refused[:20]),
+        f"Classes: {data.class_change}" if data.class_change else "",
         "",
         "## Training",
         "",

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RETRAINER_"
+TRAINING_PARAMETERS = {
+    "epochs",
+    "batch_size",
+    "image_size",
+    "learning_rate",
+    "validation_fraction",
+    "seed",
+    "model_factory",
+}
 DEMO_DATASET_KEY = "datasets/digits"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -136,6 +146,13 @@ class Settings(BaseSettings):
     max_quarantined_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of unusable files above which the run stops."
     )
+    on_class_change: Literal["fail", "retrain"] = Field(
+        "fail",
+        description="When the classes differ from the champion's: stop, or train a new head.",
+    )
+    cache_decoded: bool = Field(
+        True, description="Keep decoded images in a file cache after the first epoch."
+    )
     gate: GateSettings = Field(default_factory=GateSettings)
 
     @field_validator("store_url", "data_url")
@@ -159,9 +176,13 @@ class Settings(BaseSettings):
         assert self.data_url is not None  # filled in by _default_data_url
         return self.data_url
 
+    def training_parameters(self) -> dict[str, Any]:
+        """Everything that shapes the trained model; part of the work key and the manifest."""
+        return self.model_dump(mode="json", include=TRAINING_PARAMETERS)
+
     def with_parameters(self, parameters: RetrainParameters) -> Settings:
         """These settings, with every parameter a run was given in their place."""
-        given = parameters.model_dump(exclude_none=True, exclude={"min_accuracy"})
+        given = parameters.model_dump(exclude_none=True, exclude={"min_accuracy", "force"})
         gate = self.gate
         if parameters.min_accuracy is not None:
             accuracy = gate.accuracy.model_copy(update={"threshold": parameters.min_accuracy})
@@ -183,6 +204,7 @@ class RetrainParameters(BaseModel):
     min_accuracy: float | None = Field(
         None, ge=0.0, le=1.0, description="Gate: lowest validation accuracy accepted."
     )
+    force: bool = Field(False, description="Train even if nothing changed since the champion.")
 
     @field_validator("data_url")
     @classmethod

@@ -43,12 +43,33 @@ def image_problem(path: Path) -> str | None:
     return None
 
 
+def compare_class_sets(
+    class_names: list[str], champion_classes: list[str] | None, policy: str
+) -> str | None:
+    """None if the classes match the champion's; else what changed, or DataError if policy=fail."""
+    if champion_classes is None or class_names == champion_classes:
+        return None
+    added = sorted(set(class_names) - set(champion_classes))
+    missing = sorted(set(champion_classes) - set(class_names))
+    change = (
+        f"the classes differ from the champion's: new {added or 'none'}, "
+        f"missing {missing or 'none'}"
+    )
+    if policy == "fail":
+        raise DataError(
+            f"{change}; fix the data, or set RETRAINER_ON_CLASS_CHANGE=retrain to train a new model"
+        )
+    return change
+
+
 def validate_data(
     snapshot: DataSnapshot,
     work_dir: Path,
     min_images_per_class: int,
     max_quarantined_fraction: float,
-    log: logging.Logger | logging.LoggerAdapter = logger,
+    champion_classes: list[str] | None = None,
+    on_class_change: str = "fail",
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
 ) -> ValidatedData:
     """Check every cached file, write the index of usable images, summarise per class."""
     paths = sorted(
@@ -90,6 +111,10 @@ def validate_data(
             "lower RETRAINER_MIN_IMAGES_PER_CLASS"
         )
 
+    class_change = compare_class_sets(class_names, champion_classes, on_class_change)
+    if class_change:
+        log.warning("%s: training a new model", class_change.capitalize())
+
     label_of = {name: index for index, name in enumerate(class_names)}
     index = [[relative, label_of[class_name]] for relative, class_name in usable]
     index_path = work_dir / f"index-{snapshot.fingerprint[:16]}.json"
@@ -109,4 +134,5 @@ def validate_data(
         images_per_class={name: counts[name] for name in class_names},
         index_path=index_path,
         quarantined=quarantined,
+        class_change=class_change,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
 
 from retrainer.dataset import split_data
 from retrainer.records import Batches, ValidatedData
@@ -17,11 +18,26 @@ def build_batches(data: ValidatedData, settings: Settings) -> Batches:
         image_size=settings.image_size,
         batch_size=settings.batch_size,
         validation_fraction=settings.validation_fraction,
+        cache_decoded=settings.cache_decoded,
     )
     get_run_logger().info(
-        "Split %d images: %d for training, %d for validation",
+        "Split %d images: %d for training, %d for validation (%d quarantined)",
         batches.train_count + batches.validation_count,
         batches.train_count,
         batches.validation_count,
+        len(data.quarantined),
+    )
+    create_table_artifact(
+        table=[
+            {
+                "class": name,
+                "images": data.images_per_class[name],
+                "training": batches.train_per_class[name],
+                "validation": batches.validation_per_class[name],
+            }
+            for name in batches.class_names
+        ],
+        key="data-summary",
+        description=f"Images per class; {len(data.quarantined)} file(s) quarantined",
     )
     return batches

@@ -30,30 +30,17 @@ def publish(
     settings: Settings,
 ) -> Publication:
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
-    parameters = settings.model_dump(
-        mode="json",
-        include={
-            "epochs",
-            "batch_size",
-            "image_size",
-            "learning_rate",
-            "validation_fraction",
-            "seed",
-            "model_factory",
-            "gate",
-        },
-    )
     publication = publish_version(
         registry,
         batches,
         trained,
         decision,
-        parameters,
+        settings.training_parameters(),
         run_id=str(flow_run.id or "local"),
         log=get_run_logger(),
     )
     images = {
-        name: registry.store.get(registry.file_key(publication.version, name))
+        name: (trained.model_path.parent / name).read_bytes()
         for name in publication.files
         if name.endswith(".png")
     }

@@ -91,6 +91,12 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
         "val_accuracy"
     ] == pytest.approx(accuracy, abs=1e-6)
 
+    unchanged = retrain()
+    assert unchanged.status == "skipped"
+    assert unchanged.champion_version == publication.version
+    assert "nothing changed since champion" in unchanged.message
+    assert len(ModelRegistry(store, "demo").list_versions()) == 1
+
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_training")

@@ -1,0 +1,28 @@
+"""The freshness task: skip training when the champion came from exactly this work."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from retrainer.freshness import skip_if_unchanged, work_key
+from retrainer.records import DataSnapshot, Publication
+from retrainer.registry import ModelRegistry
+from retrainer.settings import Settings
+from retrainer.storage import open_store
+
+
+@task(name="check for changes", retries=2, retry_delay_seconds=10)
+def check_for_changes(
+    snapshot: DataSnapshot, settings: Settings, force: bool
+) -> Publication | None:
+    registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
+    skipped = skip_if_unchanged(
+        registry, work_key(snapshot.fingerprint, settings.training_parameters())
+    )
+    log = get_run_logger()
+    if skipped and force:
+        log.info("Nothing changed since the champion, but force is set: training anyway")
+        return None
+    if skipped:
+        log.info("Skipped: %s", skipped.message)
+    return skipped

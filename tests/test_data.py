@@ -1,0 +1,213 @@
+"""Data in: incremental fetch against the real loopback S3 endpoint, validation, the split."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrainer.dataset import input_fn, is_validation, split_data
+from retrainer.fetching import MANIFEST_NAME, fetch_data
+from retrainer.records import DataSnapshot
+from retrainer.storage import LocalStore, S3Store
+from retrainer.validation import DataError, compare_class_sets, validate_data
+from tests.conftest import digit_images, write_files
+
+
+def put_all(bucket: str, prefix: str, files: dict[str, bytes]) -> None:
+    client = boto3.client("s3")
+    for key, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
+
+
+def cached_files(snapshot: DataSnapshot) -> set[str]:
+    return {
+        path.relative_to(snapshot.cache_dir).as_posix()
+        for path in snapshot.cache_dir.rglob("*")
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+
+
+def test_fetch_pages_past_1000_keys(bucket: str, tmp_path: Path) -> None:
+    files = {f"class{index % 2}/{index:05d}.txt": b"x" for index in range(1100)}
+    put_all(bucket, "many", files)
+    snapshot = fetch_data(S3Store(bucket, "many"), tmp_path / "cache")
+    assert snapshot.file_count == snapshot.downloaded == 1100
+    assert cached_files(snapshot) == set(files)
+
+
+def test_incremental_fetch_downloads_only_what_changed(bucket: str, tmp_path: Path) -> None:
+    put_all(bucket, "data", {"a/1.png": b"one", "a/2.png": b"two", "b/3.png": b"three"})
+    store = S3Store(bucket, "data")
+    first = fetch_data(store, tmp_path)
+
+    unchanged = fetch_data(store, tmp_path)
+    assert unchanged.downloaded == 0 and unchanged.deleted == 0
+    assert unchanged.fingerprint == first.fingerprint
+
+    put_all(bucket, "data", {"a/2.png": b"two, edited", "b/4.png": b"four"})
+    boto3.client("s3").delete_object(Bucket=bucket, Key="data/a/1.png")
+    changed = fetch_data(store, tmp_path)
+    assert changed.downloaded == 2
+    assert changed.deleted == 1
+    assert changed.fingerprint != first.fingerprint
+    assert cached_files(changed) == {"a/2.png", "b/3.png", "b/4.png"}
+    assert (changed.cache_dir / "a/2.png").read_bytes() == b"two, edited"
+
+
+def test_keys_that_would_escape_the_cache_are_refused_and_reported(
+    bucket: str, tmp_path: Path
+) -> None:
+    put_all(bucket, "data", {"a/ok.png": b"ok", "../evil.png": b"x", "a/../../x.png": b"x"})
+    put_all(bucket, "data", {"a\\win.png": b"x", "/abs.png": b"x"})
+    snapshot = fetch_data(S3Store(bucket, "data"), tmp_path / "deep" / "cache")
+    assert sorted(snapshot.refused) == sorted(
+        ["../evil.png", "a/../../x.png", "a\\win.png", "/abs.png"]
+    )
+    assert cached_files(snapshot) == {"a/ok.png"}
+    written = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert written == {"ok.png", MANIFEST_NAME}
+
+
+class FailingStore(LocalStore):
+    """A real local store whose network drops after a few downloads."""
+
+    def __init__(self, root: Path, fail_after: int) -> None:
+        super().__init__(root)
+        self.remaining = fail_after
+
+    def get(self, key: str) -> bytes:
+        if self.remaining == 0:
+            raise ConnectionError("connection dropped")
+        self.remaining -= 1
+        return super().get(key)
+
+
+def test_an_interrupted_fetch_leaves_no_partial_file_and_resumes(tmp_path: Path) -> None:
+    source = write_files(tmp_path / "source", {f"c/{i}.png": bytes([i]) * 1000 for i in range(20)})
+    cache = tmp_path / "cache"
+    with pytest.raises(ConnectionError):
+        fetch_data(FailingStore(source, fail_after=5), cache)
+    for path in cache.rglob("*.png"):
+        assert path.stat().st_size == 1000
+    assert not list(cache.rglob(".tmp-*"))
+
+    resumed = fetch_data(LocalStore(source), cache)
+    assert resumed.file_count == 20
+    assert resumed.downloaded == 15
+    assert len(cached_files(resumed)) == 20
+
+
+def image_bytes(mode: str, image_format: str) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 255, (12, 10, len(mode)), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(), mode=mode).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def snapshot_of(folder: Path, tmp_path: Path) -> DataSnapshot:
+    return fetch_data(LocalStore(folder), tmp_path / "cache")
+
+
+def test_formats_and_channels_are_accepted_and_decode_to_rgb(tmp_path: Path) -> None:
+    kinds = {
+        "a/gray{}.png": ("L", "PNG"),
+        "a/rgba{}.png": ("RGBA", "PNG"),
+        "a/photo{}.jpg": ("RGB", "JPEG"),
+        "b/anim{}.gif": ("L", "GIF"),
+        "b/bitmap{}.bmp": ("RGB", "BMP"),
+        "b/gray{}.jpg": ("L", "JPEG"),
+    }
+    files = {
+        name.format(index): image_bytes(*kind) for name, kind in kinds.items() for index in range(4)
+    }
+    snapshot = snapshot_of(write_files(tmp_path / "data", files), tmp_path)
+    data = validate_data(snapshot, tmp_path / "work", 1, 0.0)
+    assert data.quarantined == []
+    assert data.images_per_class == {"a": 12, "b": 12}
+    batches = split_data(data, tmp_path / "work", 16, 8, 0.5, cache_decoded=False)
+    for subset in ("train", "validation"):
+        for images, _ in input_fn(batches, subset, shuffle=False):
+            assert images.shape[1:] == (16, 16, 3)
+            assert images.dtype.name == "uint8"
+
+
+def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    good = digit_images(classes=2, per_class=30)
+    png = good["0/000.png"]
+    bad = {"0/empty.png": b"", "1/notes.png": b"not an image", "1/cut.png": png[: len(png) // 2]}
+    bad["stray.png"] = png
+    snapshot = snapshot_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
+    data = validate_data(snapshot, tmp_path / "work", 5, 0.2)
+    reasons = {item.path: item.reason for item in data.quarantined}
+    assert reasons["0/empty.png"] == "empty file"
+    assert reasons["1/notes.png"] == "not an image"
+    assert reasons["1/cut.png"].startswith("does not decode")
+    assert reasons["stray.png"] == "not inside a class folder"
+    index = json.loads(data.index_path.read_text())
+    assert len(index) == 60
+
+
+def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
+    files = {**digit_images(classes=2, per_class=5), **{f"0/bad{i}.png": b"" for i in range(5)}}
+    snapshot = snapshot_of(write_files(tmp_path / "data", files), tmp_path)
+    with pytest.raises(DataError, match="5 of 15 files are unusable"):
+        validate_data(snapshot, tmp_path / "work", 1, 0.1)
+
+
+def test_one_class_or_a_small_class_stops_the_run(tmp_path: Path) -> None:
+    one = snapshot_of(write_files(tmp_path / "one", digit_images(1, 10)), tmp_path / "x")
+    with pytest.raises(DataError, match="at least two"):
+        validate_data(one, tmp_path / "work", 1, 0.1)
+    files = {**digit_images(1, 10), "1/000.png": digit_images(2, 1)["1/000.png"]}
+    small = snapshot_of(write_files(tmp_path / "small", files), tmp_path / "y")
+    with pytest.raises(DataError, match=r"fewer than 5 images: 1 \(1\)"):
+        validate_data(small, tmp_path / "work", 5, 0.1)
+
+
+def test_class_set_change_fails_loudly_by_default_or_is_reported() -> None:
+    with pytest.raises(DataError, match=r"new \['fox'\], missing \['dog'\]"):
+        compare_class_sets(["cat", "fox"], ["cat", "dog"], "fail")
+    change = compare_class_sets(["cat", "dog", "fox"], ["cat", "dog"], "retrain")
+    assert change is not None and "new ['fox']" in change
+    assert compare_class_sets(["cat"], None, "fail") is None
+
+
+def test_split_is_stable_as_the_dataset_grows(tmp_path: Path) -> None:
+    images = digit_images(classes=3, per_class=60)
+    first_half = {key: data for key, data in images.items() if int(key[2:5]) < 30}
+    folder = write_files(tmp_path / "data", first_half)
+    before = split_data(
+        validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1),
+        tmp_path / "w",
+        8,
+        8,
+        0.2,
+    )
+    write_files(folder, images)
+    after = split_data(
+        validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1),
+        tmp_path / "w",
+        8,
+        8,
+        0.2,
+    )
+    old = json.loads(before.split_path.read_text())
+    new = json.loads(after.split_path.read_text())
+    old_validation = {path for path, _ in old["validation"]}
+    new_training = {path for path, _ in new["train"]}
+    assert old_validation and not old_validation & new_training
+    assert old_validation < {path for path, _ in new["validation"]}
+    assert after.validation_count > before.validation_count
+
+
+def test_validation_membership_depends_on_the_path_alone() -> None:
+    paths = [f"class/{index}.png" for index in range(2000)]
+    chosen = [is_validation(path, 0.2) for path in paths]
+    assert chosen == [is_validation(path, 0.2) for path in paths]
+    assert 0.15 < sum(chosen) / len(paths) < 0.25
