@@ -16,7 +16,7 @@ from typing import Any
 from retrainer.freshness import code_version, work_key
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import Batches, GateDecision, Publication, TrainedModel
-from retrainer.registry import ModelRegistry, PromotionConflict, new_version_id
+from retrainer.registry import ModelRegistry, PromotionConflict, version_id
 from retrainer.storage import sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def build_manifest(
         "validation_images": batches.validation_count,
         "parameters": parameters,
         "device": trained.device,
+        "started_from": trained.started_from,
+        "resumed_from_epoch": trained.resumed_from_epoch,
         "epochs_run": trained.epochs_run,
         "git_commit": code_version(),
         "work_key": work_key(batches.data_fingerprint, parameters),
@@ -72,7 +74,7 @@ def publish_version(
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
 ) -> Publication:
     """Upload model, history, metrics, decision and manifest; promote if the gate passed."""
-    version = new_version_id()
+    version = version_id(trained.finished_at, run_id)
     # The run's own folder holds everything uploaded, so the report can show the pictures.
     folder = trained.model_path.parent
     scores = decision.candidate
@@ -95,6 +97,9 @@ def publish_version(
             scores.confusion_matrix, batches.class_names, folder / "confusion_matrix.png"
         ),
     }
+    for path in sorted(trained.tensorboard_dir.rglob("*")):
+        if path.is_file():
+            files[path.relative_to(folder).as_posix()] = path
     for name, path in files.items():
         registry.store.upload(registry.file_key(version, name), path)
     manifest = build_manifest(files, batches, trained, parameters, run_id)
@@ -104,7 +109,8 @@ def publish_version(
 
     version_url = registry.store.describe(registry.version_prefix(version))
     log.info("Uploaded version %s to %s", version, version_url)
-    published = [*files, "manifest.json"]
+    published = [name for name in files if not name.startswith("tensorboard/")]
+    published += ["tensorboard/", "manifest.json"]
     if not decision.passed:
         log.warning("Not promoted, %s", decision.reason)
         return Publication(

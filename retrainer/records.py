@@ -59,7 +59,10 @@ class Batches(BaseModel):
 class TrainedModel(BaseModel):
     model_path: Path
     history_path: Path
+    tensorboard_dir: Path
     device: str
+    started_from: str = Field(description="the champion it was warm-started from, or a fresh model")
+    resumed_from_epoch: int = Field(0, description="epochs restored from a checkpoint")
     epochs_run: int
     started_at: datetime
     finished_at: datetime

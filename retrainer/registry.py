@@ -9,8 +9,8 @@ Layout under the store root:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,10 +45,10 @@ class VersionSummary(BaseModel):
     is_champion: bool = False
 
 
-def new_version_id(now: datetime | None = None) -> str:
-    """Sortable by time, unique across machines: 20261128T021500Z-3fa9c1."""
-    moment = now or datetime.now(UTC)
-    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+def version_id(finished_at: datetime, run_id: str) -> str:
+    """Sortable by time, unique per run, and the same on a retry of the same publication."""
+    suffix = hashlib.sha256(f"{run_id}/{finished_at.isoformat()}".encode()).hexdigest()[:6]
+    return f"{finished_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{suffix}"
 
 
 class ModelRegistry:
@@ -82,6 +82,8 @@ class ModelRegistry:
         if not self.store.exists(self.file_key(version, "manifest.json")):
             raise ValueError(f"version {version} of '{self.model_name}' is not fully published")
         current, _ = self.read_champion()
+        if current is not None and (current.version, current.run_id) == (version, run_id):
+            return current  # a retry of a promotion that already happened
         previous: list[ChampionEntry] = []
         if current is not None:
             entry = ChampionEntry(**current.model_dump(include=set(ChampionEntry.model_fields)))

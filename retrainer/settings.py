@@ -25,6 +25,10 @@ TRAINING_PARAMETERS = {
     "validation_fraction",
     "seed",
     "model_factory",
+    "warm_start",
+    "mixed_precision",
+    "xla",
+    "early_stopping_patience",
 }
 DEMO_DATASET_KEY = "datasets/digits"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -145,6 +149,18 @@ class Settings(BaseSettings):
     min_images_per_class: int = Field(5, ge=1, description="Fewer images in a class stop the run.")
     max_quarantined_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of unusable files above which the run stops."
+    )
+    warm_start: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description="Start from the champion's weights: auto (when its classes and input shape "
+        "match), never, or always (fail when impossible).",
+    )
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto", description="mixed_float16 training; auto: only on GPUs of compute capability 7.0+."
+    )
+    xla: bool = Field(False, description="Compile the training step with XLA.")
+    early_stopping_patience: int = Field(
+        5, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
     )
     on_class_change: Literal["fail", "retrain"] = Field(
         "fail",

@@ -90,6 +90,10 @@ class ObjectStore(ABC):
     def upload(self, key: str, source: Path) -> None: ...
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; removing one that is not there is not an error."""
+
+    @abstractmethod
     def put_if(self, key: str, data: bytes, expected_etag: str | None) -> bool:
         """Write only if the object's ETag is still `expected_etag` (None: only if absent).
 
@@ -176,6 +180,9 @@ class LocalStore(ObjectStore):
 
     def upload(self, key: str, source: Path) -> None:
         self.put(key, source.read_bytes())
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def put_if(self, key: str, data: bytes, expected_etag: str | None) -> bool:
         path = self._path(key)
@@ -274,6 +281,9 @@ class S3Store(ObjectStore):
 
     def upload(self, key: str, source: Path) -> None:
         self.client.upload_file(str(source), self.bucket, self._key(key))
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def put_if(self, key: str, data: bytes, expected_etag: str | None) -> bool:
         condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}

@@ -8,6 +8,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from retrainer.checkpoints import checkpoint_mirror
+from retrainer.freshness import work_key
 from retrainer.publishing import publish_version
 from retrainer.records import Batches, GateDecision, Publication, TrainedModel, ValidatedData
 from retrainer.registry import ModelRegistry
@@ -39,6 +41,9 @@ def publish(
         run_id=str(flow_run.id or "local"),
         log=get_run_logger(),
     )
+    # The work is finished, whatever the gate said: its checkpoints are no longer needed.
+    key = work_key(batches.data_fingerprint, settings.training_parameters())
+    checkpoint_mirror(registry.store, settings.cache_dir, settings.model_name, key).clear()
     images = {
         name: (trained.model_path.parent / name).read_bytes()
         for name in publication.files

@@ -1,25 +1,49 @@
-"""The train task: fit the model on this worker's best device."""
+"""The train task: fit on this worker's best device, resuming the same work where it stopped."""
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
+from retrainer.checkpoints import checkpoint_mirror
+from retrainer.freshness import work_key
 from retrainer.records import Batches, TrainedModel
+from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
+from retrainer.storage import open_store
 
 
-@task(name="train model")
+# A retry resumes from the last finished epoch (checkpoints), so retrying costs one epoch at most.
+@task(name="train model", retries=2, retry_delay_seconds=30)
 def train(batches: Batches, settings: Settings) -> TrainedModel:
-    # TensorFlow takes seconds and hundreds of MB to import: only the task that trains pays it.
-    from retrainer.training import train_model
+    # TensorFlow takes seconds and hundreds of MB to import: only the tasks that need it pay.
+    from retrainer.training import find_warm_start, train_model
+
+    log = get_run_logger()
+    store = open_store(settings.store_url)
+    key = work_key(batches.data_fingerprint, settings.training_parameters())
+    mirror = checkpoint_mirror(store, settings.cache_dir, settings.model_name, key)
+    output_dir = settings.cache_dir / "runs" / str(flow_run.id or "local")
+    registry = ModelRegistry(store, settings.model_name)
+    warm_start, started_from = find_warm_start(
+        registry, batches, settings.warm_start, output_dir / "champion", log
+    )
+    progress = create_progress_artifact(0.0, description=f"Training '{settings.model_name}'")
+    assert isinstance(progress, UUID)  # called from sync code: the value, not a coroutine
+
+    def report_progress(done: int, total: int) -> None:
+        update_progress_artifact(progress, 100.0 * done / total)
 
     return train_model(
         batches,
-        output_dir=settings.cache_dir / "runs" / str(flow_run.id or "local"),
-        epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        seed=settings.seed,
-        model_factory=settings.model_factory,
-        log=get_run_logger(),
+        settings,
+        output_dir,
+        mirror,
+        warm_start=warm_start,
+        started_from=started_from,
+        log=log,
+        on_epoch=report_progress,
     )

@@ -87,11 +87,18 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API (a temporary server and database); yields its URL for subprocesses."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def prefect_api_url(prefect_api: str) -> str:
+    return prefect_api
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -47,7 +47,11 @@ def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: P
     champion = json.loads(store.get(f"models/{model_name}/champion.json"))
     prefix = f"models/{model_name}/versions/{champion['version']}/"
     manifest = json.loads(store.get(prefix + "manifest.json"))
-    assert set(manifest["files"]) == PUBLISHED_FILES - {"manifest.json"}
+    names = set(manifest["files"])
+    assert {name for name in names if not name.startswith("tensorboard/")} == PUBLISHED_FILES - {
+        "manifest.json"
+    }
+    assert any(name.startswith("tensorboard/train/events.out.tfevents") for name in names)
     for name, recorded in manifest["files"].items():
         data = store.get(prefix + name)
         assert hashlib.sha256(data).hexdigest() == recorded["sha256"]
@@ -122,7 +126,8 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert "val_accuracy" in second.message and "rejected" in second.message
     assert store.get("models/digits/champion.json") == champion_before
     rejected = f"models/digits/versions/{second.version}/"
-    assert {info.key[len(rejected) :] for info in store.list(rejected)} == PUBLISHED_FILES
+    uploaded = {info.key[len(rejected) :] for info in store.list(rejected)}
+    assert {name for name in uploaded if not name.startswith("tensorboard/")} == PUBLISHED_FILES
     decision = json.loads(store.get(rejected + "decision.json"))
     assert decision["passed"] is False
     assert decision["champion_version"] == first.version

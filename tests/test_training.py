@@ -1,0 +1,252 @@
+"""Training: device choices, user models, warm start, NaN, and resuming after a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from flows.retrain import retrain
+from retrainer.settings import RetrainParameters
+from retrainer.storage import LocalStore, ObjectStore, S3Store
+from retrainer.training import plan_devices
+from tests.conftest import digit_images, write_files
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "setting", "kind", "devices", "precision"),
+    [
+        ([], "auto", "cpu", ("/CPU:0",), "float32"),
+        ([(8, 0)], "auto", "gpu", ("/GPU:0",), "mixed_float16"),
+        ([(6, 1)], "auto", "gpu", ("/GPU:0",), "float32"),
+        ([None], "auto", "gpu", ("/GPU:0",), "float32"),
+        ([(8, 6), (8, 6)], "auto", "multi-gpu", ("/GPU:0", "/GPU:1"), "mixed_float16"),
+        ([(8, 6), (6, 0)], "auto", "multi-gpu", ("/GPU:0", "/GPU:1"), "float32"),
+        ([(8, 0)], "off", "gpu", ("/GPU:0",), "float32"),
+        ([(6, 1)], "on", "gpu", ("/GPU:0",), "mixed_float16"),
+    ],
+)
+def test_device_plan_from_the_gpu_list(
+    capabilities: list[tuple[int, int] | None],
+    setting: str,
+    kind: str,
+    devices: tuple[str, ...],
+    precision: str,
+) -> None:
+    plan = plan_devices(capabilities, setting)
+    assert (plan.kind, plan.devices, plan.precision) == (kind, devices, precision)
+    assert plan.replicas == (len(devices) if kind == "multi-gpu" else 1)
+    if kind == "cpu":
+        assert plan.description.startswith("No GPU found: training on the CPU")
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import logging
+    import sys
+    from pathlib import Path
+    import tensorflow as tf
+
+    logging.basicConfig(level=logging.INFO)
+
+    # Two logical CPUs stand in for two GPUs; this must happen before TensorFlow starts.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    from retrainer.checkpoints import checkpoint_mirror
+    from retrainer.dataset import split_data
+    from retrainer.fetching import fetch_data
+    from retrainer.settings import load_settings
+    from retrainer.storage import LocalStore
+    from retrainer.training import DevicePlan, train_model
+    from retrainer.validation import validate_data
+
+    work = Path(sys.argv[1])
+    settings = load_settings(epochs=2, batch_size=8, image_size=16, early_stopping_patience=0)
+    snapshot = fetch_data(LocalStore(work / "images"), work / "cache")
+    data = validate_data(snapshot, work / "w", 5, 0.1)
+    batches = split_data(data, work / "w", 16, 8, 0.2)
+    plan = DevicePlan("multi-gpu", ("/cpu:0", "/cpu:1"), "float32", "2 replicas")
+    mirror = checkpoint_mirror(LocalStore(work / "store"), work / "cache", "m", "k" * 32)
+    trained = train_model(batches, settings, work / "out", mirror, plan=plan)
+    print("EPOCHS", trained.epochs_run)
+    """
+)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_on_two_replicas(tmp_path: Path) -> None:
+    write_files(tmp_path / "images", digit_images(classes=3, per_class=30))
+    answer = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPOSITORY,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    assert "EPOCHS 2" in answer.stdout
+    assert "batch size 16" in answer.stderr  # 8 per replica, 2 replicas
+
+
+@pytest.fixture
+def small_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    data = write_files(tmp_path / "images", digit_images(classes=3, per_class=40))
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(data))
+    monkeypatch.setenv("RETRAINER_IMAGE_SIZE", "16")
+    monkeypatch.setenv("RETRAINER_BATCH_SIZE", "16")
+    monkeypatch.setenv("RETRAINER_EPOCHS", "3")
+    monkeypatch.setenv("RETRAINER_GATE__ACCURACY__THRESHOLD", "0.0")
+    return tmp_path / "store"
+
+
+def champion_manifest(store: ObjectStore, model: str = "demo") -> dict[str, object]:
+    champion = json.loads(store.get(f"models/{model}/champion.json"))
+    return json.loads(store.get(f"models/{model}/versions/{champion['version']}/manifest.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_a_user_model_factory_outside_the_package_trains_and_publishes(
+    small_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:tiny_cnn")
+    outcome = retrain()
+    assert outcome.promoted
+    store = LocalStore(small_run)
+    manifest = champion_manifest(store)
+    assert manifest["parameters"]["model_factory"] == "tests.user_models:tiny_cnn"
+    model_file = small_run.parent / "user.keras"
+    model_file.write_bytes(store.get(f"models/demo/versions/{outcome.version}/model.keras"))
+    model = keras.models.load_model(model_file)
+    assert model.name == "user_tiny_cnn"
+    assert [layer.name for layer in model.layers][-1] == "user_head"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_nan_loss_is_rejected_with_its_reason_and_the_champion_stays(
+    small_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = retrain()
+    assert first.promoted
+    champion_before = (small_run / "models/demo/champion.json").read_bytes()
+
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:exploding_cnn")
+    monkeypatch.setenv("RETRAINER_WARM_START", "never")
+    nan_run = retrain()
+
+    assert nan_run.status == "rejected"
+    assert "the training loss became NaN in epoch 1" in nan_run.message
+    assert (small_run / "models/demo/champion.json").read_bytes() == champion_before
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_warm_start_begins_from_the_champions_weights(
+    small_run: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first = retrain()
+    store = LocalStore(small_run)
+
+    # One epoch at a learning rate too small to move any weight visibly: what comes out is what
+    # went in, so the candidate's weights show where training started.
+    warm = retrain(RetrainParameters(epochs=1, learning_rate=1e-12))
+
+    def kernel(version: str | None) -> np.ndarray:
+        path = tmp_path / f"{version}.keras"
+        path.write_bytes(store.get(f"models/demo/versions/{version}/model.keras"))
+        return keras.models.load_model(path).get_layer("classifier").get_weights()[0]
+
+    assert np.allclose(kernel(warm.version), kernel(first.version), atol=1e-6)
+    warm_manifest = json.loads(store.get(f"models/demo/versions/{warm.version}/manifest.json"))
+    assert warm_manifest["started_from"] == f"champion {first.version}"
+
+    monkeypatch.setenv("RETRAINER_WARM_START", "never")
+    fresh = retrain(RetrainParameters(epochs=1, learning_rate=1e-12, force=True))
+    assert not np.allclose(kernel(fresh.version), kernel(first.version), atol=1e-3)
+
+
+def run_until_checkpoint(env: dict[str, str], epoch: int) -> str:
+    """Start `retrainer run`, SIGKILL it the moment the checkpoint of `epoch` is saved."""
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "retrainer"), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPOSITORY,
+    )
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if f"Checkpoint of epoch {epoch} saved" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    return "".join(seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lose_local_checkpoint", [False, True])
+def test_sigkill_mid_training_resumes_at_the_next_epoch(
+    lose_local_checkpoint: bool,
+    bucket: str,
+    tmp_path: Path,
+    prefect_api_url: str,
+) -> None:
+    data = write_files(tmp_path / "images", digit_images(classes=10, per_class=120))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPOSITORY),
+        "PREFECT_API_URL": prefect_api_url,
+        "RETRAINER_STORE_URL": f"s3://{bucket}/registry",
+        "RETRAINER_DATA_URL": str(data),
+        "RETRAINER_CACHE_DIR": str(tmp_path / "cache"),
+        "RETRAINER_IMAGE_SIZE": "48",
+        "RETRAINER_EPOCHS": "5",
+        "RETRAINER_GATE__ACCURACY__THRESHOLD": "0.0",
+    }
+    run_until_checkpoint(env, epoch=2)
+    checkpoints = tmp_path / "cache" / "checkpoints"
+    assert any(checkpoints.rglob("latest.weights.h5"))
+    if lose_local_checkpoint:
+        for path in sorted(checkpoints.rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+
+    rerun = subprocess.run(
+        [str(Path(sys.executable).parent / "retrainer"), "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPOSITORY,
+    )
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    assert "Resuming at epoch 3 of 5" in output
+    if lose_local_checkpoint:
+        assert "Restored the checkpoint after epoch 2 from s3://" in output
+    assert "Epoch 1/5" not in output and "Epoch 3/5" in output
+
+    store = S3Store(bucket, "registry")
+    manifest = champion_manifest(store)
+    assert manifest["resumed_from_epoch"] == 2
+    champion = json.loads(store.get("models/demo/champion.json"))
+    history = json.loads(store.get(f"models/demo/versions/{champion['version']}/history.json"))
+    assert len(history["loss"]) == len(history["val_accuracy"]) == 5
+    assert not list(store.list("checkpoints/")), "finished work leaves no checkpoints"

@@ -1,0 +1,35 @@
+"""Model factories that live outside the retrainer package, as a user's would."""
+
+from __future__ import annotations
+
+import keras
+
+
+def tiny_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A user's own compiled model: the flow must use it as it is."""
+    model = keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Rescaling(1.0 / 255),
+            keras.layers.Conv2D(16, 3, activation="relu", name="user_conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(num_classes, activation="softmax", name="user_head"),
+        ],
+        name="user_tiny_cnn",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def exploding_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """Weights so large the logits overflow: the loss is NaN from the first batch."""
+    huge = keras.initializers.Constant(1e30)
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(8, kernel_initializer=huge)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=huge)(x)
+    return keras.Model(inputs, outputs, name="exploding")
