@@ -50,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--reason", required=True, help="why (recorded in champion.json)")
     rollback.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
 
+    serve = commands.add_parser(
+        "serve", help="run the flow on its nightly schedule from this machine (no worker needed)"
+    )
+    serve.add_argument("--cron", default="0 2 * * *", help="schedule (default: 02:00 daily)")
+    serve.add_argument("--timezone", default="UTC", help="time zone of the schedule")
+
+    notify = commands.add_parser(
+        "notify", help="create Prefect automations that notify on failed or rejected runs"
+    )
+    notify.add_argument(
+        "--block",
+        required=True,
+        help="notification block made in the Prefect UI, as type/name: slack-webhook/ml-alerts",
+    )
+
     commands.add_parser(
         "seed-demo", help=f"copy the demo digits into the store ({DEMO_DATASET_KEY})"
     )
@@ -124,6 +139,30 @@ def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    check_stores(settings)
+    from prefect.schedules import Cron
+
+    from flows.retrain import retrain
+
+    print(f"Serving 'retrain' on '{arguments.cron}' ({arguments.timezone}); Ctrl-C stops")
+    retrain.serve(
+        name="nightly-local",
+        schedules=[Cron(arguments.cron, timezone=arguments.timezone)],
+        tags=["retrainer", "nightly"],
+        limit=1,
+    )
+    return 0
+
+
+def notify_command(block: str) -> int:
+    from flows.notifications import create_notification_automations
+
+    for name in create_notification_automations(block):
+        print(f"Automation ready: {name}")
+    return 0
+
+
 def seed_demo_command(settings: Settings) -> int:
     from retrainer.demo import seed_demo_data
 
@@ -146,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             return promote_command(settings, arguments)
         if arguments.command == "rollback":
             return rollback_command(settings, arguments)
+        if arguments.command == "serve":
+            return serve_command(settings, arguments)
+        if arguments.command == "notify":
+            return notify_command(arguments.block)
         return seed_demo_command(settings)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ import re
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from retrainer.checkpoints import checkpoint_mirror
@@ -49,6 +50,14 @@ def publish(
         for name in publication.files
         if name.endswith(".png")
     }
+    emit_event(
+        event=f"retrainer.model.{publication.status}",
+        resource={
+            "prefect.resource.id": f"retrainer.model.{settings.model_name}",
+            "prefect.resource.name": settings.model_name,
+        },
+        payload={"version": publication.version, "message": publication.message},
+    )
     create_markdown_artifact(
         markdown=run_report(data, batches, trained, decision, publication, images),
         key=artifact_key(settings.model_name),
