@@ -12,8 +12,7 @@ $(UV):
 
 run: $(UV)
 	$(UV) sync --frozen
-	$(RUN) retrainer seed-demo
-	$(RUN) retrainer run
+	$(RUN) retrainer demo
 
 test: $(UV)
 	$(UV) sync --frozen --group test

@@ -16,6 +16,7 @@ from retrainer.settings import (
     Settings,
     SettingsError,
     describe_validation_error,
+    join_url,
     load_settings,
 )
 from retrainer.storage import open_store
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--block",
         required=True,
         help="notification block made in the Prefect UI, as type/name: slack-webhook/ml-alerts",
+    )
+
+    commands.add_parser(
+        "demo",
+        help="three nights on the demo digits: first model, more data (warm start, gate), "
+        "nothing new (skip)",
     )
 
     commands.add_parser(
@@ -163,6 +170,38 @@ def notify_command(block: str) -> int:
     return 0
 
 
+DEMO_NIGHTS = (
+    ("Night 1: the first 60% of the digits arrive", 0.6),
+    ("Night 2: the rest of the digits arrive", 1.0),
+    ("Night 3: nothing new", 1.0),
+)
+
+
+def demo_command(settings: Settings) -> int:
+    """What the product is for, in three nightly runs on the embedded default."""
+    from flows.retrain import retrain
+    from retrainer.demo import seed_demo_data
+
+    store = open_store(settings.store_url)
+    check_stores(settings.model_copy(update={"data_url": settings.store_url}))
+    parameters = RetrainParameters(data_url=join_url(settings.store_url, DEMO_DATASET_KEY))
+    outcomes = []
+    for title, share in DEMO_NIGHTS:
+        print(f"\n=== {title} ===", flush=True)
+        added = seed_demo_data(store, DEMO_DATASET_KEY, share)
+        print(f"{added} new images in {store.describe(DEMO_DATASET_KEY)}", flush=True)
+        outcomes.append((title, retrain(parameters)))
+    print("\n=== What happened ===")
+    for title, outcome in outcomes:
+        print(f"{title}\n  {outcome.status}: {outcome.message}")
+        if outcome.version_url:
+            print(f"  model uploaded to {outcome.version_url}")
+    champion = outcomes[-1][1].champion_version
+    print(f"\nChampion of '{settings.model_name}': {champion} ({settings.store_url})")
+    print("See every version with: .venv/bin/retrainer models")
+    return 0
+
+
 def seed_demo_command(settings: Settings) -> int:
     from retrainer.demo import seed_demo_data
 
@@ -185,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return promote_command(settings, arguments)
         if arguments.command == "rollback":
             return rollback_command(settings, arguments)
+        if arguments.command == "demo":
+            return demo_command(settings)
         if arguments.command == "serve":
             return serve_command(settings, arguments)
         if arguments.command == "notify":

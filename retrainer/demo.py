@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 
 import numpy as np
 from PIL import Image
@@ -26,15 +27,21 @@ def digit_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def seed_demo_data(store: ObjectStore, prefix: str) -> int:
-    """Write every digit missing under `prefix` as `<digit>/<index>.png`; return how many."""
+def seed_demo_data(store: ObjectStore, prefix: str, share: float = 1.0) -> int:
+    """Write the first `share` of each digit's images under `prefix` as `<digit>/<index>.png`.
+
+    Images already there are left alone, so seeding a larger share later adds only the rest: the
+    demo's "more data arrived overnight". Returns how many images were written.
+    """
     digits = load_digits()
     present = {info.key for info in store.list(prefix.rstrip("/") + "/")}
     written = 0
-    for index, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        key = f"{prefix.rstrip('/')}/{label}/{index:04d}.png"
-        if key not in present:
-            store.put(key, digit_png(pixels))
-            written += 1
+    for label in sorted(set(digits.target.tolist())):
+        indices = np.flatnonzero(digits.target == label)
+        for index in indices[: math.ceil(share * len(indices))]:
+            key = f"{prefix.rstrip('/')}/{label}/{index:04d}.png"
+            if key not in present:
+                store.put(key, digit_png(digits.images[index]))
+                written += 1
     logger.info("Seeded %d demo images into %s", written, store.describe(prefix))
     return written

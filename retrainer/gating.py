@@ -108,9 +108,7 @@ def decide(
         reason = "rejected: " + "; ".join(check.describe() for check in failed)
     else:
         headline = [check.describe() for check in checks if check.metric == "val_accuracy"]
-        reason = f"passed all {len(checks)} checks" + (
-            f" ({', '.join(headline)})" if headline else ""
-        )
+        reason = "passed: " + ", ".join(headline or ["every check"])
         if champion is None and champion_note:
             reason += f"; {champion_note}"
     return GateDecision(

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     epochs: int = Field(10, ge=1, le=1000, description="Training epochs.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per training batch.")
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     validation_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of images held out for validation."
     )
