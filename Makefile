@@ -3,7 +3,7 @@ UV := .tools/bin/uv
 RUN := $(UV) run --frozen --no-sync
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test deploy
+.PHONY: run test deploy bench
 
 # uv is pinned and kept in its own folder, so every machine resolves and installs the same way.
 $(UV):
@@ -25,3 +25,11 @@ test: $(UV)
 deploy: $(UV)
 	$(UV) sync --frozen
 	RETRAINER_WORK_POOL=$${RETRAINER_WORK_POOL:-retrainer-gpu} $(RUN) prefect deploy --all
+
+# Figures for the README's performance section; each prints its own table (a few minutes).
+bench: $(UV)
+	$(UV) sync --frozen --group bench
+	$(RUN) python -m bench.fetch
+	$(RUN) python -m bench.pipeline
+	$(RUN) python -m bench.training
+	$(RUN) python -m bench.memory

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 CHANNELS = 3
-SHUFFLE_BUFFER_BYTES = 256 * 1024 * 1024
+SHUFFLE_BUFFER_BYTES = 32 * 1024 * 1024
 
 
 def is_validation(relative_path: str, validation_fraction: float) -> bool:

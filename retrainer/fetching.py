@@ -18,6 +18,7 @@ from retrainer.storage import ObjectInfo, ObjectStore, StoreError, check_key, wr
 
 MANIFEST_NAME = ".fetch-manifest.json"
 DOWNLOAD_THREADS = 16
+DOWNLOAD_SLICE = 1024
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +95,17 @@ def fetch_data(
     pending = {info.key for info in stale}
     failures: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-        downloads = {
-            pool.submit(store.download, info.key, cache_dir / info.key): info.key for info in stale
-        }
-        for done in as_completed(downloads):
-            if error := done.exception():
-                failures.append(error)
-            else:
-                pending.discard(downloads[done])
+        # In slices, so memory for the queued work stays flat however many objects there are.
+        for start in range(0, len(stale), DOWNLOAD_SLICE):
+            downloads = {
+                pool.submit(store.download, info.key, cache_dir / info.key): info.key
+                for info in stale[start : start + DOWNLOAD_SLICE]
+            }
+            for done in as_completed(downloads):
+                if error := done.exception():
+                    failures.append(error)
+                else:
+                    pending.discard(downloads[done])
     # Recorded after a failure too: what did arrive is kept, so a rerun fetches only the rest.
     manifest = {
         key: [info.etag, info.size] for key, info in sorted(wanted.items()) if key not in pending

@@ -266,11 +266,20 @@ class S3Store(ObjectStore):
         return bytes(answer["Body"].read())
 
     def download(self, key: str, destination: Path) -> None:
+        # One GET streamed to a temporary file: for the many small images of a dataset this is
+        # about twice as fast as boto3's download_file, which sets up a transfer manager per call.
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise ObjectNotFound(self.describe(key)) from None
+            raise
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-")
-        os.close(handle)
         try:
-            self.client.download_file(self.bucket, self._key(key), temporary)
+            with os.fdopen(handle, "wb") as file:
+                for chunk in answer["Body"].iter_chunks(1 << 20):
+                    file.write(chunk)
             os.replace(temporary, destination)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
