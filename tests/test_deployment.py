@@ -100,6 +100,23 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     assert match, started
     flow_run_id = match.group(1)
 
+    refused = subprocess.run(
+        [
+            PREFECT,
+            "deployment",
+            "run",
+            "retrain/nightly",
+            "--params",
+            '{"parameters": {"epochs": 0}}',
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0, "the API accepted epochs 0"
+    assert "0 is less than the minimum of 1" in refused.stdout + refused.stderr
+
     prefect(env, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
 
     assert flow_run_state(env, flow_run_id) == "COMPLETED"
