@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from retrainer.storage import LocalStore
+
 
 def jpeg_images(count: int, classes: int, size: int) -> dict[str, bytes]:
     """`count` JPEG files `<class>/<n>.jpg`: the demo digits, upscaled, with a little noise so
@@ -33,10 +35,9 @@ def jpeg_images(count: int, classes: int, size: int) -> dict[str, bytes]:
 
 
 def write_tree(folder: Path, files: dict[str, bytes]) -> Path:
+    store = LocalStore(folder)
     for key, data in files.items():
-        path = folder / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        store.put(key, data)
     return folder
 
 

@@ -43,46 +43,40 @@ def metric_checks(
     best = float(getattr(champion, metric))
     # Regression allowed: the bound moves away from "better"; improvement required: towards it.
     towards_better = 1.0 if higher else -1.0
-    changes = []
+    shifts = []
     if rule.max_regression is not None:
-        changes.append((-towards_better * rule.max_regression, "-" if higher else "+"))
+        shifts.append(-towards_better * rule.max_regression)
     if rule.min_improvement is not None:
-        changes.append((towards_better * rule.min_improvement, "+" if higher else "-"))
-    for shift, sign in changes:
-        bound = best + shift
-        checks.append(
-            GateCheck(
-                metric=name,
-                value=value,
-                threshold=bound,
-                higher_is_better=higher,
-                passed=_holds(value, bound, higher),
-                champion_value=best,
-                comparison=f"champion {best:.4f} {sign} {abs(shift):.4f}",
-            )
-        )
+        shifts.append(towards_better * rule.min_improvement)
+    checks += [champion_check(name, value, best, shift, higher) for shift in shifts]
     return checks
+
+
+def champion_check(
+    metric: str, value: float, best: float, shift: float, higher_is_better: bool
+) -> GateCheck:
+    """`value` against the champion's `best` moved by `shift`: "champion 0.8600 - 0.0100"."""
+    bound = best + shift
+    return GateCheck(
+        metric=metric,
+        value=value,
+        threshold=bound,
+        higher_is_better=higher_is_better,
+        passed=_holds(value, bound, higher_is_better),
+        champion_value=best,
+        comparison=f"champion {best:.4f} {'+' if shift >= 0 else '-'} {abs(shift):.4f}",
+    )
 
 
 def recall_checks(
     max_drop: float, candidate: ModelScores, champion: ModelScores
 ) -> list[GateCheck]:
-    checks = []
-    for class_name, best in champion.recall.items():
-        value = candidate.recall.get(class_name, 0.0)
-        bound = best - max_drop
-        checks.append(
-            GateCheck(
-                metric=f"recall[{class_name}]",
-                value=value,
-                threshold=bound,
-                higher_is_better=True,
-                passed=_holds(value, bound, True),
-                champion_value=best,
-                comparison=f"champion {best:.4f} - {max_drop:.4f}",
-            )
+    return [
+        champion_check(
+            f"recall[{class_name}]", candidate.recall.get(class_name, 0.0), best, -max_drop, True
         )
-    return checks
+        for class_name, best in champion.recall.items()
+    ]
 
 
 def decide(

@@ -109,40 +109,39 @@ def publish_version(
 
     version_url = registry.store.describe(registry.version_prefix(version))
     log.info("Uploaded version %s to %s", version, version_url)
-    published = [name for name in files if not name.startswith("tensorboard/")]
-    published += ["tensorboard/", "manifest.json"]
+    published = Publication(
+        status="rejected",
+        model_name=registry.model_name,
+        version=version,
+        version_url=version_url,
+        files=[
+            *(name for name in files if not name.startswith("tensorboard/")),
+            "tensorboard/",
+            "manifest.json",
+        ],
+        champion_version=decision.champion_version,
+        message=f"version {version} {decision.reason}; champion unchanged",
+    )
     if not decision.passed:
         log.warning("Not promoted, %s", decision.reason)
-        return Publication(
-            status="rejected",
-            model_name=registry.model_name,
-            version=version,
-            version_url=version_url,
-            files=published,
-            champion_version=decision.champion_version,
-            message=f"version {version} {decision.reason}; champion unchanged",
-        )
+        return published
     try:
         registry.promote(version, run_id, decision.reason, decision.champion_etag)
     except PromotionConflict as conflict:
         log.warning("Not promoted: %s", conflict)
         champion, _ = registry.read_champion()
-        return Publication(
-            status="conflict",
-            model_name=registry.model_name,
-            version=version,
-            version_url=version_url,
-            files=published,
-            champion_version=champion.version if champion else None,
-            message=str(conflict),
+        return published.model_copy(
+            update={
+                "status": "conflict",
+                "champion_version": champion.version if champion else None,
+                "message": str(conflict),
+            }
         )
     log.info("Promoted version %s to champion of '%s'", version, registry.model_name)
-    return Publication(
-        status="promoted",
-        model_name=registry.model_name,
-        version=version,
-        version_url=version_url,
-        files=published,
-        champion_version=version,
-        message=f"version {version} is the new champion ({decision.reason})",
+    return published.model_copy(
+        update={
+            "status": "promoted",
+            "champion_version": version,
+            "message": f"version {version} is the new champion ({decision.reason})",
+        }
     )

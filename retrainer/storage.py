@@ -256,24 +256,21 @@ class S3Store(ObjectStore):
             key=key, size=int(answer["ContentLength"]), etag=str(answer["ETag"]).strip('"')
         )
 
-    def get(self, key: str) -> bytes:
+    def _get_object(self, key: str) -> Any:
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except botocore.exceptions.ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 raise ObjectNotFound(self.describe(key)) from None
             raise
-        return bytes(answer["Body"].read())
+
+    def get(self, key: str) -> bytes:
+        return bytes(self._get_object(key)["Body"].read())
 
     def download(self, key: str, destination: Path) -> None:
         # One GET streamed to a temporary file: for the many small images of a dataset this is
         # about twice as fast as boto3's download_file, which sets up a transfer manager per call.
-        try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except botocore.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-                raise ObjectNotFound(self.describe(key)) from None
-            raise
+        answer = self._get_object(key)
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-")
         try:

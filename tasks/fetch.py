@@ -9,9 +9,15 @@ from retrainer.preflight import check_stores
 from retrainer.records import DataSnapshot
 from retrainer.settings import Settings
 from retrainer.storage import open_store
+from tasks.retries import retry_unless_bad_input
 
 
-@task(name="fetch data", retries=2, retry_delay_seconds=[10, 60])
+@task(
+    name="fetch data",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_bad_input,
+)
 def fetch(settings: Settings) -> DataSnapshot:
     check_stores(settings)
     log = get_run_logger()

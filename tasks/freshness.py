@@ -9,9 +9,15 @@ from retrainer.records import DataSnapshot, Publication
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
+from tasks.retries import retry_unless_bad_input
 
 
-@task(name="check for changes", retries=2, retry_delay_seconds=10)
+@task(
+    name="check for changes",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def check_for_changes(
     snapshot: DataSnapshot, settings: Settings, force: bool
 ) -> Publication | None:

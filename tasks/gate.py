@@ -9,9 +9,15 @@ from retrainer.records import Batches, GateDecision, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
+from tasks.retries import retry_unless_bad_input
 
 
-@task(name="gate candidate", retries=2, retry_delay_seconds=10)
+@task(
+    name="gate candidate",
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def gate(batches: Batches, trained: TrainedModel, settings: Settings) -> GateDecision:
     # Keras is imported here, as in the train task: a run that never trains need not load it.
     from retrainer.evaluation import evaluate

@@ -17,6 +17,7 @@ from retrainer.registry import ModelRegistry
 from retrainer.report import run_report
 from retrainer.settings import Settings
 from retrainer.storage import open_store
+from tasks.retries import retry_unless_bad_input
 
 
 def artifact_key(model_name: str) -> str:
@@ -24,7 +25,12 @@ def artifact_key(model_name: str) -> str:
     return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
 
 
-@task(name="publish model", retries=2, retry_delay_seconds=[10, 60])
+@task(
+    name="publish model",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_bad_input,
+)
 def publish(
     data: ValidatedData,
     batches: Batches,

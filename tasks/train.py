@@ -14,10 +14,13 @@ from retrainer.records import Batches, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
+from tasks.retries import retry_unless_bad_input
 
 
 # A retry resumes from the last finished epoch (checkpoints), so retrying costs one epoch at most.
-@task(name="train model", retries=2, retry_delay_seconds=30)
+@task(
+    name="train model", retries=2, retry_delay_seconds=30, retry_condition_fn=retry_unless_bad_input
+)
 def train(batches: Batches, settings: Settings) -> TrainedModel:
     # TensorFlow takes seconds and hundreds of MB to import: only the tasks that need it pay.
     from retrainer.training import find_warm_start, train_model

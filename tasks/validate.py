@@ -9,9 +9,15 @@ from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from retrainer.validation import validate_data
+from tasks.retries import retry_unless_bad_input
 
 
-@task(name="validate data", retries=1, retry_delay_seconds=10)
+@task(
+    name="validate data",
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_bad_input,
+)
 def validate(snapshot: DataSnapshot, settings: Settings) -> ValidatedData:
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
     return validate_data(

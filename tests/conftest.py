@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -13,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
-from PIL import Image
 from sklearn.datasets import load_digits
+
+from retrainer.demo import digit_png
+from retrainer.storage import LocalStore
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -101,12 +101,6 @@ def prefect_api_url(prefect_api: str) -> str:
     return prefect_api
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def digit_images(classes: int, per_class: int) -> dict[str, bytes]:
     """Real handwritten digits as `<class>/<n>.png` files."""
     digits = load_digits()
@@ -114,14 +108,12 @@ def digit_images(classes: int, per_class: int) -> dict[str, bytes]:
     for label in range(classes):
         pixels = digits.images[digits.target == label][:per_class]
         for index, image in enumerate(pixels):
-            scaled = np.round(image * (255 / 16)).astype(np.uint8)
-            files[f"{label}/{index:03d}.png"] = png_bytes(scaled)
+            files[f"{label}/{index:03d}.png"] = digit_png(image)
     return files
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> Path:
+    store = LocalStore(folder)
     for key, data in files.items():
-        path = folder / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        store.put(key, data)
     return folder

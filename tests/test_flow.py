@@ -136,3 +136,28 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert decision["champion"]["accuracy"] == pytest.approx(first_metrics["val_accuracy"])
     summaries = ModelRegistry(store, "digits").list_versions()
     assert [summary.is_champion for summary in summaries] == [True, False]
+
+
+@pytest.mark.slow
+def test_bad_data_fails_the_run_at_once_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    one_class = {key: data for key, data in DATA.items() if key.startswith("0/")}
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "images", one_class)))
+
+    state = retrain(return_state=True)
+
+    assert state.is_failed()
+    assert "a classifier needs at least two" in str(state.message)
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    (validate_run,) = [run for run in task_runs if run.name.startswith("validate data")]
+    assert validate_run.run_count == 1, "bad data was retried"
+    assert not (tmp_path / "store" / "models").exists()
