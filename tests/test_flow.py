@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 
 import boto3
@@ -113,6 +114,8 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
     monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/incoming/images")
     monkeypatch.setenv("RETRAINER_MODEL_NAME", "digits")
+    secret = f"never-shown-{uuid.uuid4().hex}"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
 
     first = retrain()
     assert first.promoted
@@ -136,6 +139,27 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert decision["champion"]["accuracy"] == pytest.approx(first_metrics["val_accuracy"])
     summaries = ModelRegistry(store, "digits").list_versions()
     assert [summary.is_champion for summary in summaries] == [True, False]
+    assert_secret_appears_nowhere(secret, store, [first.version, second.version])
+
+
+def assert_secret_appears_nowhere(
+    secret: str, store: ObjectStore, versions: list[str | None]
+) -> None:
+    """Not in an uploaded file, a log line or an artifact of the runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    for info in store.list():
+        assert secret.encode() not in store.get(info.key), info.key
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(limit=200)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-digits"]))
+        )
+    assert logs and artifacts
+    assert all(version in str([a.data for a in artifacts]) for version in versions)
+    assert secret not in " ".join(log.message for log in logs)
+    assert secret not in str([artifact.data for artifact in artifacts])
 
 
 @pytest.mark.slow

@@ -1,0 +1,100 @@
+"""A real HTTP proxy in front of the S3 test server that misbehaves like a real object store:
+503 SlowDown, dropped connections, and a write that lands but whose answer never arrives."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+
+# What the proxy does to one request: "pass", "slowdown", "drop" (no answer, nothing forwarded)
+# or "lose-answer" (forwarded, then the connection is closed before the answer).
+Fault = Callable[[str, str], str]
+
+
+class FlakyProxy:
+    def __init__(self, upstream: str, fault: Fault) -> None:
+        target = urlparse(upstream)
+        self.faults_served: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                action = fault(self.command, self.path)
+                if action != "pass":
+                    proxy.faults_served.append(f"{action} {self.command} {self.path}")
+                if action == "slowdown":
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOWDOWN)))
+                    self.end_headers()
+                    self.wfile.write(SLOWDOWN)
+                    return
+                if action == "drop":
+                    self.close_connection = True
+                    return
+                upstream_connection = http.client.HTTPConnection(target.hostname, target.port)
+                upstream_connection.request(self.command, self.path, body, dict(self.headers))
+                answer = upstream_connection.getresponse()
+                data = answer.read()
+                upstream_connection.close()
+                if action == "lose-answer":
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def every(n: int, action: str) -> Fault:
+    """The n-th, 2n-th, ... request gets `action`; the rest pass."""
+    counter = itertools.count(1)
+    lock = threading.Lock()
+
+    def fault(method: str, path: str) -> str:
+        with lock:
+            return action if next(counter) % n == 0 else "pass"
+
+    return fault
+
+
+def once_for(method: str, path_part: str, action: str) -> Fault:
+    """Only the first request with this method whose path contains `path_part` gets `action`."""
+    done = threading.Event()
+
+    def fault(request_method: str, path: str) -> str:
+        if request_method == method and path_part in path and not done.is_set():
+            done.set()
+            return action
+        return "pass"
+
+    return fault
