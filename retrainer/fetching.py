@@ -36,7 +36,8 @@ def data_fingerprint(objects: Iterable[ObjectInfo]) -> str:
     return digest.hexdigest()
 
 
-def _read_manifest(cache_dir: Path) -> dict[str, list[object]]:
+def read_manifest(cache_dir: Path) -> dict[str, list[object]]:
+    """What the cache holds: key -> [ETag, size] of the object each file came from."""
     try:
         manifest = json.loads((cache_dir / MANIFEST_NAME).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -75,7 +76,7 @@ def fetch_data(
 
     cache_dir = cache_folder_for(store.url, cache_root)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    known = _read_manifest(cache_dir)
+    known = read_manifest(cache_dir)
     wanted = {info.key: info for info in objects}
 
     stale = [

@@ -39,6 +39,7 @@ class ValidatedData(BaseModel):
     index_path: Path = Field(description="JSON list of [relative path, class index] pairs")
     quarantined: list[QuarantinedFile] = Field(default_factory=list)
     class_change: str | None = Field(None, description="how the classes differ from the champion's")
+    decoded: int = Field(0, description="files decoded this time (the others were known)")
 
 
 class Batches(BaseModel):

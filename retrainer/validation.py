@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from retrainer.fetching import MANIFEST_NAME
+from retrainer.fetching import read_manifest
 from retrainer.records import DataSnapshot, QuarantinedFile, ValidatedData
 from retrainer.storage import write_atomically
 
@@ -71,27 +71,43 @@ def validate_data(
     on_class_change: str = "fail",
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
 ) -> ValidatedData:
-    """Check every cached file, write the index of usable images, summarise per class."""
-    paths = sorted(
-        path
-        for path in snapshot.cache_dir.rglob("*")
-        if path.is_file() and path.name != MANIFEST_NAME
+    """Check every cached file, write the index of usable images, summarise per class.
+
+    Verdicts are kept per object ETag, so a night with a few new images decodes only those.
+    """
+    objects = read_manifest(snapshot.cache_dir)
+    verdicts_path = work_dir / f"verdicts-{snapshot.cache_dir.name}.json"
+    try:
+        known: dict[str, list[object]] = json.loads(verdicts_path.read_text())
+    except FileNotFoundError:
+        known = {}
+    verdicts: dict[str, list[object]] = {}
+    for relative, (etag, _size) in sorted(objects.items()):
+        if known.get(relative, [None])[0] == etag:
+            verdicts[relative] = known[relative]
+        elif "/" not in relative:
+            verdicts[relative] = [etag, "not inside a class folder"]
+        else:
+            verdicts[relative] = [etag, image_problem(snapshot.cache_dir / relative)]
+    write_atomically(verdicts_path, json.dumps(verdicts).encode())
+    checked = sum(1 for relative in verdicts if known.get(relative) != verdicts[relative])
+    log.info(
+        "Decoded %d new or changed files; %d verdicts reused", checked, len(verdicts) - checked
     )
+
     usable: list[tuple[str, str]] = []
     quarantined: list[QuarantinedFile] = []
-    for path in paths:
-        relative = path.relative_to(snapshot.cache_dir).as_posix()
-        problem = "not inside a class folder" if "/" not in relative else image_problem(path)
+    for relative, (_etag, problem) in verdicts.items():
         if problem:
-            quarantined.append(QuarantinedFile(path=relative, reason=problem))
+            quarantined.append(QuarantinedFile(path=relative, reason=str(problem)))
         else:
             usable.append((relative, relative.split("/", 1)[0]))
 
     for item in quarantined:
         log.warning("Quarantined %s: %s", item.path, item.reason)
-    if paths and len(quarantined) / len(paths) > max_quarantined_fraction:
+    if verdicts and len(quarantined) / len(verdicts) > max_quarantined_fraction:
         raise DataError(
-            f"{len(quarantined)} of {len(paths)} files are unusable, more than the allowed "
+            f"{len(quarantined)} of {len(verdicts)} files are unusable, more than the allowed "
             f"{max_quarantined_fraction:.0%}: fix the data or raise "
             "RETRAINER_MAX_QUARANTINED_FRACTION"
         )
@@ -135,4 +151,5 @@ def validate_data(
         index_path=index_path,
         quarantined=quarantined,
         class_change=class_change,
+        decoded=checked,
     )

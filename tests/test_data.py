@@ -211,3 +211,20 @@ def test_validation_membership_depends_on_the_path_alone() -> None:
     chosen = [is_validation(path, 0.2) for path in paths]
     assert chosen == [is_validation(path, 0.2) for path in paths]
     assert 0.15 < sum(chosen) / len(paths) < 0.25
+
+
+def test_validation_decodes_only_new_or_changed_files(tmp_path: Path) -> None:
+    images = digit_images(classes=2, per_class=20)
+    folder = write_files(tmp_path / "data", images)
+    first = validate_data(snapshot_of(folder, tmp_path), tmp_path / "work", 5, 0.1)
+    assert first.decoded == 40
+
+    unchanged = validate_data(snapshot_of(folder, tmp_path), tmp_path / "work", 5, 0.1)
+    assert unchanged.decoded == 0
+    assert unchanged.images_per_class == first.images_per_class
+
+    write_files(folder, {"0/000.png": b"now corrupt", "1/new.png": images["1/000.png"]})
+    changed = validate_data(snapshot_of(folder, tmp_path), tmp_path / "work", 5, 0.1)
+    assert changed.decoded == 2
+    assert [item.path for item in changed.quarantined] == ["0/000.png"]
+    assert changed.images_per_class == {"0": 19, "1": 21}
