@@ -1,7 +1,12 @@
 """retrainer: retrain a Keras image classifier on a schedule; ship only a model proven better."""
 
+import logging
 import os
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) would bury the run's own log
 # lines; errors still show. A user's explicit setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Stage functions log to whatever they are given: a Prefect run logger in a task, a plain logger in
+# tests and benchmarks.
+Log = logging.Logger | logging.LoggerAdapter[logging.Logger]

@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from retrainer import Log
 from retrainer.storage import ObjectNotFound, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ class CheckpointMirror:
         except (FileNotFoundError, KeyError, ValueError):
             return 0
 
-    def restore(self, log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger) -> int:
+    def restore(self, log: Log = logger) -> int:
         """Bring back the last finished epoch, local first, else from the store; 0 if none."""
         if epoch := self.local_epoch():
             log.info("Found a local checkpoint after epoch %d in %s", epoch, self.local_dir)

@@ -10,6 +10,7 @@ import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from retrainer import Log
 from retrainer.dataset import CHANNELS, input_fn
 from retrainer.records import Batches, ModelScores
 from retrainer.registry import Champion, ModelRegistry
@@ -88,7 +89,7 @@ def evaluate(
     batches: Batches,
     registry: ModelRegistry,
     champion: Champion | None,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
+    log: Log = logger,
 ) -> tuple[ModelScores, ModelScores | None, str]:
     """Scores of the candidate and of the champion (None when it cannot be compared), and why."""
     candidate = score_model(keras.models.load_model(candidate_path, safe_mode=True), batches)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from retrainer import Log
 from retrainer.records import DataSnapshot
 from retrainer.storage import ObjectInfo, ObjectStore, StoreError, check_key, write_atomically
 
@@ -45,9 +46,7 @@ def read_manifest(cache_dir: Path) -> dict[str, list[object]]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _split_safe_keys(
-    store: ObjectStore, log: logging.Logger | logging.LoggerAdapter[logging.Logger]
-) -> tuple[list[ObjectInfo], list[str]]:
+def _split_safe_keys(store: ObjectStore, log: Log) -> tuple[list[ObjectInfo], list[str]]:
     """The objects that can be cached, and the keys refused because they would leave the cache."""
     objects, refused = [], []
     for info in store.list():
@@ -64,7 +63,7 @@ def _split_safe_keys(
 def fetch_data(
     store: ObjectStore,
     cache_root: Path,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
+    log: Log = logger,
 ) -> DataSnapshot:
     """Bring the local cache in line with the store; only changed objects cross the network."""
     store.check()

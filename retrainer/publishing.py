@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from retrainer import Log
 from retrainer.freshness import code_version, work_key
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import Batches, GateDecision, Publication, TrainedModel
@@ -71,7 +72,7 @@ def publish_version(
     decision: GateDecision,
     parameters: dict[str, Any],
     run_id: str,
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
+    log: Log = logger,
 ) -> Publication:
     """Upload model, history, metrics, decision and manifest; promote if the gate passed."""
     version = version_id(trained.finished_at, run_id)

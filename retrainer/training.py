@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from retrainer import Log
 from retrainer.checkpoints import CheckpointMirror
 from retrainer.dataset import CHANNELS, input_fn
 from retrainer.records import Batches, TrainedModel
@@ -29,7 +30,6 @@ from retrainer.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)  # Volta and newer have tensor cores for float16
 
 

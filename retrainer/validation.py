@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from retrainer import Log
 from retrainer.fetching import read_manifest
 from retrainer.records import DataSnapshot, QuarantinedFile, ValidatedData
 from retrainer.storage import write_atomically
@@ -69,7 +70,7 @@ def validate_data(
     max_quarantined_fraction: float,
     champion_classes: list[str] | None = None,
     on_class_change: str = "fail",
-    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = logger,
+    log: Log = logger,
 ) -> ValidatedData:
     """Check every cached file, write the index of usable images, summarise per class.
 
