@@ -8,7 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
-from retrainer.preflight import check_stores
+from retrainer.preflight import check_location, check_stores
 from retrainer.registry import ModelRegistry, PromotionConflict
 from retrainer.settings import (
     DEMO_DATASET_KEY,
@@ -183,7 +183,7 @@ def demo_command(settings: Settings) -> int:
     from retrainer.demo import seed_demo_data
 
     store = open_store(settings.store_url)
-    check_stores(settings.model_copy(update={"data_url": settings.store_url}))
+    check_location("RETRAINER_STORE_URL", settings.store_url)
     parameters = RetrainParameters(data_url=join_url(settings.store_url, DEMO_DATASET_KEY))
     outcomes = []
     for title, share in DEMO_NIGHTS:
@@ -206,7 +206,7 @@ def seed_demo_command(settings: Settings) -> int:
     from retrainer.demo import seed_demo_data
 
     store = open_store(settings.store_url)
-    check_stores(settings.model_copy(update={"data_url": settings.store_url}))
+    check_location("RETRAINER_STORE_URL", settings.store_url)
     written = seed_demo_data(store, DEMO_DATASET_KEY)
     print(f"Demo data at {store.describe(DEMO_DATASET_KEY)}: {written} images added")
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from retrainer import Log
 from retrainer.records import DataSnapshot
-from retrainer.storage import ObjectInfo, ObjectStore, StoreError, check_key, write_atomically
+from retrainer.storage import ObjectInfo, ObjectStore, check_key, write_atomically
 
 MANIFEST_NAME = ".fetch-manifest.json"
 DOWNLOAD_THREADS = 16
@@ -69,7 +69,8 @@ def fetch_data(
     store.check()
     objects, refused = _split_safe_keys(store, log)
     if not objects:
-        raise StoreError(
+        # A ValueError, like every bad-input error here: a retry cannot make data appear.
+        raise ValueError(
             f"no data found at {store.url}: expected one sub-folder of images per class"
         )
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from retrainer.settings import Settings, SettingsError
-from retrainer.storage import StoreError, open_store
+from retrainer.storage import LocalStore, StoreError, open_store
+
+
+def check_location(name: str, url: str, must_exist: bool = False) -> None:
+    """Raise SettingsError naming the setting `name` when `url` cannot be used; write nothing."""
+    store = open_store(url)
+    try:
+        store.check()
+    except StoreError as error:
+        raise SettingsError(f"{name}: {error}") from None
+    if must_exist and isinstance(store, LocalStore) and not store.root.is_dir():
+        raise SettingsError(f"{name}: folder {store.root} does not exist")
 
 
 def check_stores(settings: Settings) -> None:
-    """Raise SettingsError naming the setting whose store cannot be used; write nothing."""
-    for name, url in (
-        ("RETRAINER_STORE_URL", settings.store_url),
-        ("RETRAINER_DATA_URL", settings.resolved_data_url),
-    ):
-        try:
-            open_store(url).check()
-        except StoreError as error:
-            raise SettingsError(f"{name}: {error}") from None
+    # The model store is created on first use; a data folder that is not there is a typo.
+    check_location("RETRAINER_STORE_URL", settings.store_url)
+    check_location("RETRAINER_DATA_URL", settings.resolved_data_url, must_exist=True)

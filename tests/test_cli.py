@@ -108,3 +108,14 @@ def test_seed_demo_is_idempotent(
         p.name for p in (isolated_settings / ".retrainer/store/datasets/digits").iterdir()
     )
     assert digit_folders == [str(d) for d in range(10)]
+
+
+def test_a_data_folder_that_is_not_there_is_named(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(isolated_settings / "imagse"))
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert_one_line_error(err, "RETRAINER_DATA_URL")
+    assert "imagse does not exist" in err
+    assert list(isolated_settings.iterdir()) == []
