@@ -88,13 +88,14 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     }
     prefect(env, "work-pool", "create", "e2e-process", "--type", "process")
     prefect(env, "deploy", "--all")
+    parameters = json.dumps({"parameters": {"epochs": 12, "model_name": "deployed"}})
     started = prefect(
         env,
         "deployment",
         "run",
         "retrain/nightly",
         "--params",
-        json.dumps({"parameters": {"epochs": 12, "model_name": "deployed"}}),
+        parameters,
     )
     match = re.search(r"UUID: ([0-9a-f-]{36})", started)
     assert match, started
@@ -124,6 +125,16 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     assert (
         tmp_path / f"store/models/deployed/versions/{champion['version']}/model.keras"
     ).is_file()
+
+    # A worker without the code: the pull step clones the repository. Same data, parameters and
+    # code, so this second night skips training.
+    cloning = {key: value for key, value in env.items() if key != "RETRAINER_CODE_DIR"}
+    cloning["RETRAINER_GIT_URL"] = str(REPOSITORY)
+    again = prefect(cloning, "deployment", "run", "retrain/nightly", "--params", parameters)
+    second_run = re.search(r"UUID: ([0-9a-f-]{36})", again)
+    assert second_run, again
+    prefect(cloning, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
+    assert flow_run_state(cloning, second_run.group(1)) == "COMPLETED"
 
 
 def test_deployment_files_parse_and_the_kubernetes_template_requests_a_gpu() -> None:
