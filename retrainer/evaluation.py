@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 
 import keras
@@ -61,7 +60,7 @@ def score_model(model: keras.Model, batches: Batches) -> ModelScores:
 
 
 def load_champion_model(
-    registry: ModelRegistry, champion: Champion, batches: Batches
+    registry: ModelRegistry, champion: Champion, batches: Batches, models_dir: Path
 ) -> tuple[keras.Model | None, str]:
     """The champion's model if it can judge this data, else None and the reason why not."""
     manifest = registry.read_json(champion.version, "manifest.json")
@@ -71,9 +70,8 @@ def load_champion_model(
             f"not {batches.class_names}"
         )
     try:
-        with tempfile.TemporaryDirectory() as scratch:
-            path = registry.download_model(champion.version, Path(scratch))
-            model = keras.models.load_model(path, safe_mode=True)
+        path = registry.download_model(champion.version, models_dir)
+        model = keras.models.load_model(path, safe_mode=True)
     except Exception as error:  # any unreadable model: the gate must still decide
         return None, f"champion {champion.version} could not be loaded: {error}"
     expected = (None, batches.image_size, batches.image_size, CHANNELS)
@@ -89,6 +87,7 @@ def evaluate(
     batches: Batches,
     registry: ModelRegistry,
     champion: Champion | None,
+    models_dir: Path,
     log: Log = logger,
 ) -> tuple[ModelScores, ModelScores | None, str]:
     """Scores of the candidate and of the champion (None when it cannot be compared), and why."""
@@ -102,7 +101,7 @@ def evaluate(
     )
     if champion is None:
         return candidate, None, "first model: no champion to beat"
-    model, note = load_champion_model(registry, champion, batches)
+    model, note = load_champion_model(registry, champion, batches, models_dir)
     if model is None:
         log.warning("%s; the gate decides by the absolute thresholds alone", note)
         return candidate, None, note + "; decided by the absolute thresholds alone"

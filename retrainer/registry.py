@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from retrainer.storage import ObjectNotFound, ObjectStore
+from retrainer.storage import ObjectNotFound, ObjectStore, sha256_of_file
 
 CHAMPION_HISTORY_LENGTH = 10
 
@@ -166,7 +166,14 @@ class ModelRegistry:
             )
         return summaries
 
-    def download_model(self, version: str, destination: Path) -> Path:
-        path = destination / version / "model.keras"
-        self.store.download(self.file_key(version, "model.keras"), path)
+    def download_model(self, version: str, models_dir: Path) -> Path:
+        """The version's model file in `models_dir`, fetched once: warm start and gate share it.
+
+        A copy whose sha256 differs from the manifest's is fetched again.
+        """
+        path = models_dir / version / "model.keras"
+        files = self.read_json(version, "manifest.json").get("files", {})
+        recorded = files.get("model.keras", {}) if isinstance(files, dict) else {}
+        if not (path.is_file() and sha256_of_file(path) == recorded.get("sha256")):
+            self.store.download(self.file_key(version, "model.keras"), path)
         return path

@@ -126,7 +126,7 @@ def load_model_factory(spec: str) -> Callable[[tuple[int, int, int], int], keras
 
 
 def find_warm_start(
-    registry: ModelRegistry, batches: Batches, policy: str, destination: Path, log: Log = logger
+    registry: ModelRegistry, batches: Batches, policy: str, models_dir: Path, log: Log = logger
 ) -> tuple[Path | None, str]:
     """The champion's model file to start from, or None; and what training starts from, in words."""
     if policy == "never":
@@ -137,7 +137,7 @@ def find_warm_start(
     elif registry.champion_classes() != batches.class_names:
         reason = f"champion {champion.version} was trained on other classes"
     else:
-        path = registry.download_model(champion.version, destination)
+        path = registry.download_model(champion.version, models_dir)
         log.info("Warm start: training continues from champion %s", champion.version)
         return path, f"champion {champion.version}"
     if policy == "always":

@@ -26,7 +26,7 @@ def gate(batches: Batches, trained: TrainedModel, settings: Settings) -> GateDec
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
     champion, etag = registry.read_champion()
     candidate, champion_scores, note = evaluate(
-        trained.model_path, batches, registry, champion, log
+        trained.model_path, batches, registry, champion, settings.cache_dir / "champions", log
     )
     decision = decide(
         candidate,

@@ -32,7 +32,7 @@ def train(batches: Batches, settings: Settings) -> TrainedModel:
     output_dir = settings.cache_dir / "runs" / str(flow_run.id or "local")
     registry = ModelRegistry(store, settings.model_name)
     warm_start, started_from = find_warm_start(
-        registry, batches, settings.warm_start, output_dir / "champion", log
+        registry, batches, settings.warm_start, settings.cache_dir / "champions", log
     )
     progress = create_progress_artifact(0.0, description=f"Training '{settings.model_name}'")
     assert isinstance(progress, UUID)  # called from sync code: the value, not a coroutine

@@ -46,7 +46,9 @@ def test_the_champion_is_scored_on_the_same_images(
 ) -> None:
     registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
     publish_champion(registry, ["0", "1"], candidate.read_bytes())
-    scores, champion, note = evaluate(candidate, batches, registry, registry.read_champion()[0])
+    scores, champion, note = evaluate(
+        candidate, batches, registry, registry.read_champion()[0], tmp_path / "models"
+    )
     assert champion == scores  # the same model on the same images scores the same
     assert note == "compared with champion v1 on the same images"
 
@@ -56,7 +58,9 @@ def test_a_champion_of_other_classes_is_left_out_with_the_reason(
 ) -> None:
     registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
     publish_champion(registry, ["cat", "dog"], candidate.read_bytes())
-    _, champion, note = evaluate(candidate, batches, registry, registry.read_champion()[0])
+    _, champion, note = evaluate(
+        candidate, batches, registry, registry.read_champion()[0], tmp_path / "models"
+    )
     assert champion is None
     assert "was trained on classes ['cat', 'dog']" in note
     assert note.endswith("decided by the absolute thresholds alone")
@@ -67,6 +71,8 @@ def test_an_unreadable_champion_is_left_out_with_the_reason(
 ) -> None:
     registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
     publish_champion(registry, ["0", "1"], b"not a keras file")
-    _, champion, note = evaluate(candidate, batches, registry, registry.read_champion()[0])
+    _, champion, note = evaluate(
+        candidate, batches, registry, registry.read_champion()[0], tmp_path / "models"
+    )
     assert champion is None
     assert "could not be loaded" in note

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from pathlib import Path
 
@@ -121,3 +123,21 @@ def test_cli_promote_override_and_rollback(
 
     assert main(["promote", "nope", "--reason", "x"]) == 1
     assert "not fully published" in capsys.readouterr().err
+
+
+def test_a_champion_model_is_downloaded_once_and_checked(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    registry = ModelRegistry(store, "m")
+    weights = b"model bytes" * 100
+    store.put(registry.file_key("v1", "model.keras"), weights)
+    manifest = {"files": {"model.keras": {"sha256": hashlib.sha256(weights).hexdigest()}}}
+    store.put(registry.file_key("v1", "manifest.json"), json.dumps(manifest).encode())
+
+    first = registry.download_model("v1", tmp_path / "models")
+    store.delete(registry.file_key("v1", "model.keras"))
+    assert registry.download_model("v1", tmp_path / "models") == first  # no second download
+    assert first.read_bytes() == weights
+
+    first.write_bytes(b"truncated")
+    store.put(registry.file_key("v1", "model.keras"), weights)
+    assert registry.download_model("v1", tmp_path / "models").read_bytes() == weights
