@@ -71,7 +71,7 @@ def load_champion_model(
         )
     try:
         path = registry.download_model(champion.version, models_dir)
-        model = keras.models.load_model(path, safe_mode=True)
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # any unreadable model: the gate must still decide
         return None, f"champion {champion.version} could not be loaded: {error}"
     expected = (None, batches.image_size, batches.image_size, CHANNELS)
@@ -91,7 +91,9 @@ def evaluate(
     log: Log = logger,
 ) -> tuple[ModelScores, ModelScores | None, str]:
     """Scores of the candidate and of the champion (None when it cannot be compared), and why."""
-    candidate = score_model(keras.models.load_model(candidate_path, safe_mode=True), batches)
+    candidate = score_model(
+        keras.models.load_model(candidate_path, safe_mode=True, compile=False), batches
+    )
     log.info(
         "Candidate on %d validation images: accuracy %.4f, loss %.4f, macro F1 %.4f",
         batches.validation_count,
