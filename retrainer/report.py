@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from retrainer.records import (
     Batches,
@@ -12,6 +13,11 @@ from retrainer.records import (
     TrainedModel,
     ValidatedData,
 )
+
+
+def artifact_key(model_name: str) -> str:
+    """The key of a model's run reports in Prefect: lower-case letters, digits and dashes only."""
+    return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
 
 
 def _format(value: float | None) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from retrainer.freshness import skip_if_unchanged, work_key
 from retrainer.records import DataSnapshot, Publication
 from retrainer.registry import ModelRegistry
+from retrainer.report import artifact_key
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
@@ -31,4 +33,9 @@ def check_for_changes(
         return None
     if skipped:
         log.info("Skipped: %s", skipped.message)
+        create_markdown_artifact(
+            markdown=f"# Retrain of `{settings.model_name}`: skipped\n\n{skipped.message}",
+            key=artifact_key(settings.model_name),
+            description=skipped.message,
+        )
     return skipped

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
@@ -14,15 +12,10 @@ from retrainer.freshness import work_key
 from retrainer.publishing import publish_version
 from retrainer.records import Batches, GateDecision, Publication, TrainedModel, ValidatedData
 from retrainer.registry import ModelRegistry
-from retrainer.report import run_report
+from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
-
-
-def artifact_key(model_name: str) -> str:
-    # Prefect artifact keys allow only lower-case letters, digits and dashes.
-    return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
 
 
 @task(

@@ -10,6 +10,14 @@ from pathlib import Path
 import boto3
 import keras
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.retrain import retrain
 from retrainer.dataset import input_fn, split_data
@@ -101,6 +109,13 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     assert unchanged.champion_version == publication.version
     assert "nothing changed since champion" in unchanged.message
     assert len(ModelRegistry(store, "demo").list_versions()) == 1
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-demo"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert "skipped" in str(latest.data) and publication.version in str(latest.data)
 
 
 @pytest.mark.slow
@@ -146,9 +161,6 @@ def assert_secret_appears_nowhere(
     secret: str, store: ObjectStore, versions: list[str | None]
 ) -> None:
     """Not in an uploaded file, a log line or an artifact of the runs."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
     for info in store.list():
         assert secret.encode() not in store.get(info.key), info.key
     with get_client(sync_client=True) as client:
@@ -166,9 +178,6 @@ def assert_secret_appears_nowhere(
 def test_bad_data_fails_the_run_at_once_with_its_message(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     one_class = {key: data for key, data in DATA.items() if key.startswith("0/")}
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
     monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "images", one_class)))
