@@ -63,10 +63,10 @@ def load_champion_model(
     registry: ModelRegistry, champion: Champion, batches: Batches, models_dir: Path
 ) -> tuple[keras.Model | None, str]:
     """The champion's model if it can judge this data, else None and the reason why not."""
-    manifest = registry.read_json(champion.version, "manifest.json")
-    if manifest.get("class_names") != batches.class_names:
+    classes = registry.classes_of(champion.version)
+    if classes != batches.class_names:
         return None, (
-            f"champion {champion.version} was trained on classes {manifest.get('class_names')}, "
+            f"champion {champion.version} was trained on classes {classes}, "
             f"not {batches.class_names}"
         )
     try:

@@ -124,13 +124,15 @@ class ModelRegistry:
             )
         return champion
 
+    def classes_of(self, version: str) -> list[str] | None:
+        """The class names a version was trained on, as its manifest records them."""
+        classes = self.read_json(version, "manifest.json").get("class_names")
+        return [str(name) for name in classes] if isinstance(classes, list) else None
+
     def champion_classes(self) -> list[str] | None:
         """The class names the champion was trained on, or None when there is no champion."""
         champion, _ = self.read_champion()
-        if champion is None:
-            return None
-        classes = self.read_json(champion.version, "manifest.json").get("class_names")
-        return [str(name) for name in classes] if isinstance(classes, list) else None
+        return None if champion is None else self.classes_of(champion.version)
 
     def read_json(self, version: str, filename: str) -> dict[str, object]:
         data = json.loads(self.store.get(self.file_key(version, filename)))

@@ -134,7 +134,7 @@ def find_warm_start(
     champion, _ = registry.read_champion()
     if champion is None:
         reason = "there is no champion yet"
-    elif registry.champion_classes() != batches.class_names:
+    elif registry.classes_of(champion.version) != batches.class_names:
         reason = f"champion {champion.version} was trained on other classes"
     else:
         path = registry.download_model(champion.version, models_dir)
