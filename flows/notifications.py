@@ -10,6 +10,8 @@ from prefect.automations import Automation, EventTrigger, SendNotification
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
+from retrainer.errors import BadInput
+
 FLOW_NAME = "retrain"
 REJECTED_EVENT = "retrainer.model.rejected"
 FAILED_AUTOMATION = "retrainer: a retrain run failed"
@@ -60,7 +62,7 @@ def create_notification_automations(block: str) -> list[str]:
     """Create (or replace) both automations, sending through the block `type-slug/name`."""
     block_type, _, block_name = block.partition("/")
     if not block_type or not block_name:
-        raise ValueError(
+        raise BadInput(
             f"--block '{block}' must look like type/name, e.g. slack-webhook/ml-alerts"
         )
     names = []
@@ -68,7 +70,7 @@ def create_notification_automations(block: str) -> list[str]:
         try:
             document = client.read_block_document_by_name(block_name, block_type)
         except ObjectNotFound:
-            raise ValueError(
+            raise BadInput(
                 f"no notification block '{block}': create it in the Prefect UI (Blocks) first"
             ) from None
         block_document_id = document.id

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from datetime import timedelta
 
 from pydantic import ValidationError
 
+from retrainer.errors import BadInput, SettingsError
+from retrainer.lease import LeaseHeld, ModelLease
 from retrainer.preflight import check_location, check_stores
 from retrainer.registry import ModelRegistry, PromotionConflict
 from retrainer.settings import (
     DEMO_DATASET_KEY,
     RetrainParameters,
     Settings,
-    SettingsError,
     describe_validation_error,
     join_url,
     load_settings,
@@ -47,9 +49,39 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", required=True, help="why the gate is overridden (recorded)")
     promote.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
 
+    promote.add_argument(
+        "--repair", action="store_true", help="replace an unreadable champion.json (history lost)"
+    )
+
     rollback = commands.add_parser("rollback", help="make the previous champion champion again")
     rollback.add_argument("--reason", required=True, help="why (recorded in champion.json)")
     rollback.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+    rollback.add_argument(
+        "--repair",
+        action="store_true",
+        help="replace an unreadable champion.json with the newest version that passed and verifies",
+    )
+
+    verify = commands.add_parser(
+        "verify", help="check the champion, its manifest and every file's sha256"
+    )
+    verify.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+    verify.add_argument("--all", action="store_true", help="check every published version too")
+
+    gc = commands.add_parser(
+        "gc", help="remove unfinished versions, partial uploads, stale checkpoints and caches"
+    )
+    gc.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+    gc.add_argument(
+        "--keep", type=int, default=10, help="unpromoted versions always kept (default: 10)"
+    )
+    gc.add_argument(
+        "--older-than",
+        type=float,
+        default=30.0,
+        help="days after which unpromoted versions and abandoned checkpoints go (default: 30)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
 
     serve = commands.add_parser(
         "serve", help="run the flow on its nightly schedule from this machine (no worker needed)"
@@ -129,9 +161,13 @@ def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
     registry = ModelRegistry(
         open_store(settings.store_url), arguments.model_name or settings.model_name
     )
-    _, etag = registry.read_champion()
+    etag = None if arguments.repair else registry.read_champion()[1]
     champion = registry.promote(
-        arguments.version, f"manual by {getpass.getuser()}", f"override: {arguments.reason}", etag
+        arguments.version,
+        f"manual by {getpass.getuser()}",
+        f"override: {arguments.reason}",
+        etag,
+        repair=arguments.repair,
     )
     print(f"Version {champion.version} is now champion of '{registry.model_name}' (override)")
     return 0
@@ -141,8 +177,54 @@ def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
     registry = ModelRegistry(
         open_store(settings.store_url), arguments.model_name or settings.model_name
     )
-    champion = registry.rollback(f"manual by {getpass.getuser()}", arguments.reason)
+    champion = registry.rollback(
+        f"manual by {getpass.getuser()}", arguments.reason, repair=arguments.repair
+    )
     print(f"Rolled back: version {champion.version} is champion of '{registry.model_name}' again")
+    return 0
+
+
+def verify_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    """One line per problem; exit 0 when the champion (and with --all every version) is whole."""
+    registry = ModelRegistry(
+        open_store(settings.store_url), arguments.model_name or settings.model_name
+    )
+    problems: list[str] = []
+    try:
+        champion = registry.read_champion_record()
+    except BadInput as error:
+        champion, problems = None, [str(error)]
+    versions = registry.published_versions() if arguments.all else []
+    if champion is not None and champion.version not in versions:
+        versions.append(champion.version)
+    for version in versions:
+        problems += registry.verify_version(version)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        named = f"champion {champion.version}" if champion else "no champion"
+        print(f"'{registry.model_name}': {named}; {len(versions)} version(s) verified, no problem")
+    return 1 if problems else 0
+
+
+def gc_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    from retrainer.gc import collect_garbage
+
+    store = open_store(settings.store_url)
+    model_name = arguments.model_name or settings.model_name
+    registry = ModelRegistry(store, model_name)
+    who = f"gc by {getpass.getuser()}"
+    with ModelLease(store, model_name, who, seconds=settings.lease_seconds):
+        removed = collect_garbage(
+            registry,
+            settings.cache,
+            keep=arguments.keep,
+            older_than=timedelta(days=arguments.older_than),
+            dry_run=arguments.dry_run,
+        )
+    for line in removed:
+        print(("would remove " if arguments.dry_run else "removed ") + line)
+    print(f"{len(removed)} item(s) {'to remove' if arguments.dry_run else 'removed'}")
     return 0
 
 
@@ -224,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             return promote_command(settings, arguments)
         if arguments.command == "rollback":
             return rollback_command(settings, arguments)
+        if arguments.command == "verify":
+            return verify_command(settings, arguments)
+        if arguments.command == "gc":
+            return gc_command(settings, arguments)
         if arguments.command == "demo":
             return demo_command(settings)
         if arguments.command == "serve":
@@ -234,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (ValueError, PromotionConflict) as error:
+    except (BadInput, PromotionConflict, LeaseHeld) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from retrainer.errors import DataError
 from retrainer.records import Batches, ValidatedData
 from retrainer.storage import write_atomically
 
@@ -49,7 +50,7 @@ def split_data(
     )
     if not train or missing:
         names = ", ".join(data.class_names[i] for i in missing) or "all"
-        raise ValueError(
+        raise DataError(
             f"the validation split has no images of {names}: add images or raise "
             "RETRAINER_VALIDATION_FRACTION"
         )

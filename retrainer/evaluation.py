@@ -11,8 +11,8 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from retrainer import Log
 from retrainer.dataset import CHANNELS, input_fn
-from retrainer.records import Batches, ModelScores
-from retrainer.registry import Champion, ModelRegistry
+from retrainer.records import Batches, ChampionRecord, ModelScores
+from retrainer.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +59,31 @@ def score_model(model: keras.Model, batches: Batches) -> ModelScores:
     return score_predictions(probabilities, labels, batches.class_names)
 
 
+class ChampionUnavailable(RuntimeError):
+    """A champion exists but could not be scored: the gate must not decide without it."""
+
+
 def load_champion_model(
-    registry: ModelRegistry, champion: Champion, batches: Batches, models_dir: Path
+    registry: ModelRegistry, champion: ChampionRecord, batches: Batches, models_dir: Path
 ) -> tuple[keras.Model | None, str]:
-    """The champion's model if it can judge this data, else None and the reason why not."""
-    classes = registry.classes_of(champion.version)
-    if classes != batches.class_names:
+    """The champion's model if it can judge this data, else None and the reason why not.
+
+    Only a deterministic incompatibility (other classes, other input shape) returns None: the
+    candidate is then judged by the absolute thresholds. A champion that cannot be fetched,
+    checked or loaded raises ChampionUnavailable, so the run never promotes in its absence.
+    """
+    if champion.class_names != batches.class_names:
         return None, (
-            f"champion {champion.version} was trained on classes {classes}, "
+            f"champion {champion.version} was trained on classes {champion.class_names}, "
             f"not {batches.class_names}"
         )
     try:
-        path = registry.download_model(champion.version, models_dir)
+        path = registry.download_champion_model(champion, models_dir)
         model = keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as error:  # any unreadable model: the gate must still decide
-        return None, f"champion {champion.version} could not be loaded: {error}"
+    except Exception as error:  # whatever it was, the gate cannot judge without the champion
+        raise ChampionUnavailable(
+            f"champion {champion.version} could not be scored, so nothing is promoted: {error}"
+        ) from error
     expected = (None, batches.image_size, batches.image_size, CHANNELS)
     if tuple(model.input_shape) != expected:
         return None, (
@@ -86,7 +96,7 @@ def evaluate(
     candidate_path: Path,
     batches: Batches,
     registry: ModelRegistry,
-    champion: Champion | None,
+    champion: ChampionRecord | None,
     models_dir: Path,
     log: Log = logger,
 ) -> tuple[ModelScores, ModelScores | None, str]:

@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from retrainer import Log
+from retrainer.cache import LocalCache
+from retrainer.errors import DataError
 from retrainer.records import DataSnapshot
 from retrainer.storage import ObjectInfo, ObjectStore, check_key, write_atomically
 
@@ -22,11 +24,6 @@ DOWNLOAD_THREADS = 16
 DOWNLOAD_SLICE = 1024
 
 logger = logging.getLogger(__name__)
-
-
-def cache_folder_for(source_url: str, cache_root: Path) -> Path:
-    """One cache folder per data URL, so two datasets never mix."""
-    return cache_root / "data" / hashlib.sha256(source_url.encode()).hexdigest()[:16]
 
 
 def data_fingerprint(objects: Iterable[ObjectInfo]) -> str:
@@ -69,12 +66,12 @@ def fetch_data(
     store.check()
     objects, refused = _split_safe_keys(store, log)
     if not objects:
-        # A ValueError, like every bad-input error here: a retry cannot make data appear.
-        raise ValueError(
+        # A retry cannot make data appear.
+        raise DataError(
             f"no data found at {store.url}: expected one sub-folder of images per class"
         )
 
-    cache_dir = cache_folder_for(store.url, cache_root)
+    cache_dir = LocalCache(cache_root).data_dir(store.url)
     cache_dir.mkdir(parents=True, exist_ok=True)
     known = read_manifest(cache_dir)
     wanted = {info.key: info for info in objects}

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from retrainer.records import Publication
+from retrainer.records import ChampionRecord, Publication
 from retrainer.registry import ModelRegistry
 
 
@@ -39,13 +39,27 @@ def work_key(data_fingerprint: str, parameters: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def skip_if_unchanged(registry: ModelRegistry, key: str) -> Publication | None:
-    """A "skipped" outcome when the champion came from this very work, else None."""
-    champion, _ = registry.read_champion()
-    if champion is None:
-        return None
-    manifest = registry.read_json(champion.version, "manifest.json")
-    if manifest.get("work_key") != key:
+def skip_if_unchanged(
+    registry: ModelRegistry, champion: ChampionRecord | None, key: str
+) -> Publication | None:
+    """A "skipped" outcome when this very work made the champion or was rejected, else None.
+
+    Training the same data with the same parameters and code again would give the same outcome:
+    a rejected work is not retrained every night on the GPU.
+    """
+    if champion is not None and champion.work_key == key:
+        message = (
+            f"nothing changed since champion {champion.version} (same data, parameters and "
+            "code): training skipped; pass force to retrain anyway"
+        )
+    elif (record := registry.read_work_record(key)) is not None and record.status == "rejected":
+        message = (
+            f"this exact work (same data, parameters and code) was trained on "
+            f"{record.finished_at:%Y-%m-%d} as version {record.version} and {record.reason}: "
+            "training skipped until the data, the parameters or the code change; pass force to "
+            "retrain anyway"
+        )
+    else:
         return None
     return Publication(
         status="skipped",
@@ -53,7 +67,6 @@ def skip_if_unchanged(registry: ModelRegistry, key: str) -> Publication | None:
         version=None,
         version_url=None,
         files=[],
-        champion_version=champion.version,
-        message=f"nothing changed since champion {champion.version} (same data, parameters and "
-        "code): training skipped; pass force to retrain anyway",
+        champion_version=champion.version if champion else None,
+        message=message,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from retrainer.settings import Settings, SettingsError
+from retrainer.errors import SettingsError
+from retrainer.settings import Settings
 from retrainer.storage import LocalStore, StoreError, open_store
 
 
@@ -21,3 +22,7 @@ def check_stores(settings: Settings) -> None:
     # The model store is created on first use; a data folder that is not there is a typo.
     check_location("RETRAINER_STORE_URL", settings.store_url)
     check_location("RETRAINER_DATA_URL", settings.resolved_data_url, must_exist=True)
+    try:
+        open_store(settings.store_url).prove_conditional_writes()
+    except StoreError as error:
+        raise SettingsError(f"RETRAINER_STORE_URL: {error}") from None

@@ -16,7 +16,15 @@ from typing import Any
 from retrainer import Log
 from retrainer.freshness import code_version, work_key
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
-from retrainer.records import Batches, GateDecision, Publication, TrainedModel
+from retrainer.records import (
+    Batches,
+    FileEntry,
+    GateDecision,
+    Manifest,
+    Publication,
+    TrainedModel,
+    WorkRecord,
+)
 from retrainer.registry import ModelRegistry, PromotionConflict, version_id
 from retrainer.storage import sha256_of_file
 
@@ -41,28 +49,28 @@ def build_manifest(
     trained: TrainedModel,
     parameters: dict[str, Any],
     run_id: str,
-) -> dict[str, Any]:
-    return {
-        "files": {
-            name: {"sha256": sha256_of_file(path), "size": path.stat().st_size}
+) -> Manifest:
+    return Manifest(
+        files={
+            name: FileEntry(sha256=sha256_of_file(path), size=path.stat().st_size)
             for name, path in sorted(files.items())
         },
-        "data_fingerprint": batches.data_fingerprint,
-        "class_names": batches.class_names,
-        "train_images": batches.train_count,
-        "validation_images": batches.validation_count,
-        "parameters": parameters,
-        "device": trained.device,
-        "started_from": trained.started_from,
-        "resumed_from_epoch": trained.resumed_from_epoch,
-        "epochs_run": trained.epochs_run,
-        "git_commit": code_version(),
-        "work_key": work_key(batches.data_fingerprint, parameters),
-        "packages": package_versions(),
-        "run_id": run_id,
-        "started_at": trained.started_at.isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(),
-    }
+        data_fingerprint=batches.data_fingerprint,
+        class_names=batches.class_names,
+        train_images=batches.train_count,
+        validation_images=batches.validation_count,
+        parameters=parameters,
+        device=trained.device,
+        started_from=trained.started_from,
+        resumed_from_epoch=trained.resumed_from_epoch,
+        epochs_run=trained.epochs_run,
+        git_commit=code_version(),
+        work_key=work_key(batches.data_fingerprint, parameters),
+        packages=package_versions(),
+        run_id=run_id,
+        started_at=trained.started_at,
+        finished_at=datetime.now(UTC),
+    )
 
 
 def publish_version(
@@ -105,7 +113,7 @@ def publish_version(
         registry.store.upload(registry.file_key(version, name), path)
     manifest = build_manifest(files, batches, trained, parameters, run_id)
     registry.store.put(
-        registry.file_key(version, "manifest.json"), json.dumps(manifest, indent=2).encode()
+        registry.file_key(version, "manifest.json"), manifest.model_dump_json(indent=2).encode()
     )
 
     version_url = registry.store.describe(registry.version_prefix(version))
@@ -123,6 +131,28 @@ def publish_version(
         champion_version=decision.champion_version,
         message=f"version {version} {decision.reason}; champion unchanged",
     )
+    outcome = promote_if_passed(registry, published, decision, run_id, log)
+    registry.write_work_record(
+        WorkRecord(
+            work_key=manifest.work_key,
+            version=version,
+            status=outcome.status,  # never "skipped" here
+            reason=decision.reason,
+            finished_at=manifest.finished_at,
+        )
+    )
+    return outcome
+
+
+def promote_if_passed(
+    registry: ModelRegistry,
+    published: Publication,
+    decision: GateDecision,
+    run_id: str,
+    log: Log = logger,
+) -> Publication:
+    """The publication as promoted, rejected, or lost to another run's promotion."""
+    version = str(published.version)
     if not decision.passed:
         log.warning("Not promoted, %s", decision.reason)
         return published

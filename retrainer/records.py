@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -101,6 +101,60 @@ class GateCheck(BaseModel):
             operator = "<=" if self.passed else ">"
         bound = self.comparison or f"{self.threshold:.4f}"
         return f"{self.metric} {self.value:.4f} {operator} {bound}"
+
+
+class FileEntry(BaseModel):
+    sha256: str
+    size: int
+
+
+class Manifest(BaseModel):
+    """`manifest.json` of a published version: what it is, what made it, and every file's hash.
+
+    Written last among a version's files: a version without one is not (fully) published.
+    """
+
+    files: dict[str, FileEntry]
+    data_fingerprint: str
+    class_names: list[str]
+    train_images: int
+    validation_images: int
+    parameters: dict[str, Any]
+    device: str
+    started_from: str
+    resumed_from_epoch: int
+    epochs_run: int
+    git_commit: str
+    work_key: str
+    packages: dict[str, str]
+    run_id: str
+    started_at: datetime
+    finished_at: datetime
+
+
+class ChampionRecord(BaseModel):
+    """The champion as this run read it, once: warm start, gate and promotion all use this.
+
+    `etag` is the ETag of `champion.json` at that read; the promotion's compare-and-swap uses it,
+    so a champion that changes under the run is never silently replaced.
+    """
+
+    version: str
+    etag: str
+    class_names: list[str]
+    work_key: str
+    model_key: str = Field(description="store key of the model file")
+    model_sha256: str = Field(description="the manifest's hash, checked before the model is loaded")
+
+
+class WorkRecord(BaseModel):
+    """`models/<name>/works/<work key>.json`: how the last training of this exact work ended."""
+
+    work_key: str
+    version: str
+    status: Literal["promoted", "rejected", "conflict"]
+    reason: str
+    finished_at: datetime
 
 
 class GateDecision(BaseModel):

@@ -16,6 +16,9 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrainer.cache import LocalCache
+from retrainer.errors import SettingsError
+
 ENV_PREFIX = "RETRAINER_"
 TRAINING_PARAMETERS = {
     "epochs",
@@ -32,10 +35,6 @@ TRAINING_PARAMETERS = {
 }
 DEMO_DATASET_KEY = "datasets/digits"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-
-
-class SettingsError(ValueError):
-    """A setting is wrong; the message is one line per bad value and names the variable."""
 
 
 def check_location_url(url: str) -> str:
@@ -169,6 +168,13 @@ class Settings(BaseSettings):
     cache_decoded: bool = Field(
         True, description="Keep decoded images in a file cache after the first epoch."
     )
+    lease_seconds: int = Field(
+        300,
+        ge=30,
+        le=86400,
+        description="A run holds its model's lease this long, renewed every third of it; a "
+        "killed run's lease expires after it (at once on the same machine).",
+    )
     gate: GateSettings = Field(default_factory=GateSettings)
 
     @field_validator("store_url", "data_url")
@@ -186,6 +192,10 @@ class Settings(BaseSettings):
         if self.data_url is None:
             self.data_url = join_url(self.store_url, DEMO_DATASET_KEY)
         return self
+
+    @property
+    def cache(self) -> LocalCache:
+        return LocalCache(self.cache_dir)
 
     @property
     def resolved_data_url(self) -> str:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import tempfile
+import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
@@ -39,11 +43,23 @@ class ObjectNotFound(KeyError):
     """No object under that key."""
 
 
+class ConditionalWritesIgnored(StoreError):
+    """The store accepts conditional writes but does not honour them: no safe promotion."""
+
+
+# Where a store remembers that it passed the conditional-write proof, so it is asked once.
+CONDITIONAL_WRITES_PROOF_KEY = "_retrainer/conditional-writes-proven.json"
+# A 409 ConditionalRequestConflict means "another conditional write to this key is in flight":
+# retried with these pauses (seconds), then decided by what the object finally holds.
+CONFLICT_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     etag: str
+    modified: datetime | None = field(default=None, compare=False)
 
 
 def check_key(key: str) -> str:
@@ -94,6 +110,10 @@ class ObjectStore(ABC):
         """Remove an object; removing one that is not there is not an error."""
 
     @abstractmethod
+    def remove_partials(self, older_than: datetime, dry_run: bool) -> tuple[str, ...]:
+        """Remove what interrupted writes left (older than `older_than`); say what."""
+
+    @abstractmethod
     def put_if(self, key: str, data: bytes, expected_etag: str | None) -> bool:
         """Write only if the object's ETag is still `expected_etag` (None: only if absent).
 
@@ -103,19 +123,69 @@ class ObjectStore(ABC):
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
+    def prove_conditional_writes(self) -> None:
+        """Raise ConditionalWritesIgnored unless the store refuses writes it should refuse.
+
+        Some S3-compatible servers accept `If-None-Match`/`If-Match` and simply overwrite; on those
+        two runs could both "win" a promotion. Proven once per store; the proof is remembered in
+        the store itself, so a cold worker does not ask again.
+        """
+        if self.exists(CONDITIONAL_WRITES_PROOF_KEY):
+            return
+        probe = f"_retrainer/probes/{uuid.uuid4().hex}"
+        try:
+            if not self.put_if(probe, b"first", None):
+                raise ConditionalWritesIgnored(f"{self.url}: a create-if-absent write was refused")
+            if self.put_if(probe, b"second", None):
+                raise ConditionalWritesIgnored(
+                    f"{self.url} ignores If-None-Match: a second create-if-absent overwrote the "
+                    "first; use a store that honours conditional writes (AWS S3, MinIO, R2, Ceph)"
+                )
+            if self.put_if(probe, b"third", "0" * 32):
+                raise ConditionalWritesIgnored(
+                    f"{self.url} ignores If-Match: a write with a wrong ETag overwrote the object; "
+                    "use a store that honours conditional writes (AWS S3, MinIO, R2, Ceph)"
+                )
+        finally:
+            self.delete(probe)
+        self.put(CONDITIONAL_WRITES_PROOF_KEY, b'{"if_none_match": true, "if_match": true}')
+
     def describe(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files appear with the permissions a plain `open()` would give them (mkstemp's are 0600), so a
+# serving process of another user can read a published model.
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 def write_atomically(destination: Path, data: bytes) -> None:
     """Write to a temporary file beside `destination`, then rename it into place."""
+    write_stream_atomically(destination, lambda file: file.write(data))
+
+
+def copy_file_atomically(source: Path, destination: Path) -> None:
+    """Stream `source` into a temporary file beside `destination`, then rename it into place."""
+    with open(source, "rb") as reader:
+        write_stream_atomically(destination, lambda file: shutil.copyfileobj(reader, file, 1 << 20))
+
+
+def write_stream_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` fills a temporary file beside `destination`; it then replaces it in one rename."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-")
     try:
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -134,10 +204,10 @@ class LocalStore(ObjectStore):
 
     @staticmethod
     def _etag(path: Path) -> str:
-        # Size and modification time, like a web server's weak ETag: cheap for large datasets,
-        # and every write through this class (a rename of a new file) changes it.
-        stat = path.stat()
-        return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
+        # The content's MD5, as S3 gives for a plain PUT: size and modification time would miss
+        # a rewrite within one timestamp tick (NFS and SMB keep coarse times), and the
+        # compare-and-swap of the champion pointer would then overwrite a concurrent promotion.
+        return md5_of_file(path)
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -158,13 +228,28 @@ class LocalStore(ObjectStore):
         for path in paths:
             key = path.relative_to(self.root).as_posix()
             if key.startswith(prefix):
-                yield ObjectInfo(key=key, size=path.stat().st_size, etag=self._etag(path))
+                yield self._info(key, path)
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
         if not path.is_file():
             return None
-        return ObjectInfo(key=key, size=path.stat().st_size, etag=self._etag(path))
+        return self._info(key, path)
+
+    def _info(self, key: str, path: Path) -> ObjectInfo:
+        stat = path.stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        return ObjectInfo(key=key, size=stat.st_size, etag=self._etag(path), modified=modified)
+
+    def remove_partials(self, older_than: datetime, dry_run: bool) -> tuple[str, ...]:
+        """Temporary files of writes that never finished (a killed process), older than that."""
+        removed: tuple[str, ...] = ()
+        for path in self.root.rglob(".tmp-*"):
+            if datetime.fromtimestamp(path.stat().st_mtime, UTC) < older_than:
+                removed += (path.relative_to(self.root).as_posix(),)
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+        return removed
 
     def get(self, key: str) -> bytes:
         try:
@@ -173,13 +258,16 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(self.describe(key)) from None
 
     def download(self, key: str, destination: Path) -> None:
-        write_atomically(destination, self.get(key))
+        try:
+            copy_file_atomically(self._path(key), destination)
+        except FileNotFoundError:
+            raise ObjectNotFound(self.describe(key)) from None
 
     def put(self, key: str, data: bytes) -> None:
         write_atomically(self._path(key), data)
 
     def upload(self, key: str, source: Path) -> None:
-        self.put(key, source.read_bytes())
+        copy_file_atomically(source, self._path(key))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -243,7 +331,22 @@ class S3Store(ObjectStore):
                     key=item["Key"][len(self.prefix) :],
                     size=int(item["Size"]),
                     etag=str(item["ETag"]).strip('"'),
+                    modified=item.get("LastModified"),
                 )
+
+    def remove_partials(self, older_than: datetime, dry_run: bool) -> tuple[str, ...]:
+        """Multipart uploads under our prefix never completed (billed until aborted)."""
+        removed: tuple[str, ...] = ()
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < older_than:
+                    removed += (f"{upload['Key'][len(self.prefix) :]} (multipart upload)",)
+                    if not dry_run:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+        return removed
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -253,7 +356,10 @@ class S3Store(ObjectStore):
                 return None
             raise
         return ObjectInfo(
-            key=key, size=int(answer["ContentLength"]), etag=str(answer["ETag"]).strip('"')
+            key=key,
+            size=int(answer["ContentLength"]),
+            etag=str(answer["ETag"]).strip('"'),
+            modified=answer.get("LastModified"),
         )
 
     def _get_object(self, key: str) -> Any:
@@ -293,13 +399,20 @@ class S3Store(ObjectStore):
 
     def put_if(self, key: str, data: bytes, expected_etag: str | None) -> bool:
         condition = {"IfNoneMatch": "*"} if expected_etag is None else {"IfMatch": expected_etag}
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
-            return True
-        except botocore.exceptions.ClientError as error:
-            code = error.response.get("Error", {}).get("Code")
-            if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                raise
+        for delay in (*CONFLICT_RETRY_DELAYS, None):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, **condition
+                )
+                return True
+            except botocore.exceptions.ClientError as error:
+                code = error.response.get("Error", {}).get("Code")
+                if code in ("ConditionalRequestConflict", "409") and delay is not None:
+                    time.sleep(delay)  # a concurrent conditional write: not yet an answer
+                    continue
+                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    raise
+                break
         # A 412 can also answer botocore's retry of our own write whose first answer was lost:
         # the object then holds exactly our bytes, and the write did succeed.
         try:
@@ -321,8 +434,15 @@ def open_store(url: str) -> ObjectStore:
 
 
 def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return _digest_of_file(path, hashlib.sha256())
+
+
+def md5_of_file(path: Path) -> str:
+    return _digest_of_file(path, hashlib.md5(usedforsecurity=False))
+
+
+def _digest_of_file(path: Path, digest: Any) -> str:
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return str(digest.hexdigest())

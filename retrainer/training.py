@@ -24,7 +24,8 @@ import tensorflow as tf
 from retrainer import Log
 from retrainer.checkpoints import CheckpointMirror
 from retrainer.dataset import CHANNELS, input_fn
-from retrainer.records import Batches, TrainedModel
+from retrainer.errors import SettingsError
+from retrainer.records import Batches, ChampionRecord, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 
@@ -113,35 +114,39 @@ def load_model_factory(spec: str) -> Callable[[tuple[int, int, int], int], keras
     """`package.module:function` -> the function; a clear error if it is not there."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
-        raise ValueError(
+        raise SettingsError(
             f"RETRAINER_MODEL_FACTORY: '{spec}' must look like package.module:function"
         )
     try:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"RETRAINER_MODEL_FACTORY: cannot load '{spec}': {error}") from None
+        raise SettingsError(f"RETRAINER_MODEL_FACTORY: cannot load '{spec}': {error}") from None
     if not callable(factory):
-        raise ValueError(f"RETRAINER_MODEL_FACTORY: '{spec}' is not a function")
+        raise SettingsError(f"RETRAINER_MODEL_FACTORY: '{spec}' is not a function")
     return factory
 
 
 def find_warm_start(
-    registry: ModelRegistry, batches: Batches, policy: str, models_dir: Path, log: Log = logger
+    registry: ModelRegistry,
+    champion: ChampionRecord | None,
+    batches: Batches,
+    policy: str,
+    models_dir: Path,
+    log: Log = logger,
 ) -> tuple[Path | None, str]:
     """The champion's model file to start from, or None; and what training starts from, in words."""
     if policy == "never":
         return None, "a fresh model (warm start is off)"
-    champion, _ = registry.read_champion()
     if champion is None:
         reason = "there is no champion yet"
-    elif registry.classes_of(champion.version) != batches.class_names:
+    elif champion.class_names != batches.class_names:
         reason = f"champion {champion.version} was trained on other classes"
     else:
-        path = registry.download_model(champion.version, models_dir)
+        path = registry.download_champion_model(champion, models_dir)
         log.info("Warm start: training continues from champion %s", champion.version)
         return path, f"champion {champion.version}"
     if policy == "always":
-        raise ValueError(f"RETRAINER_WARM_START=always, but {reason}")
+        raise SettingsError(f"RETRAINER_WARM_START=always, but {reason}")
     log.info("Starting from a fresh model: %s", reason)
     return None, f"a fresh model ({reason})"
 
@@ -162,7 +167,7 @@ def build_model(
             )
             return model, started_from
         if settings.warm_start == "always":
-            raise ValueError(
+            raise SettingsError(
                 f"RETRAINER_WARM_START=always, but the champion takes {model.input_shape[1:]}, "
                 f"not {input_shape}"
             )

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from retrainer import Log
+from retrainer.errors import DataError
 from retrainer.fetching import read_manifest
 from retrainer.records import DataSnapshot, QuarantinedFile, ValidatedData
 from retrainer.storage import write_atomically
@@ -22,10 +23,6 @@ from retrainer.storage import write_atomically
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """The data cannot train a model; the message says what to fix."""
 
 
 def image_problem(path: Path) -> str | None:

@@ -8,13 +8,14 @@ from prefect.artifacts import create_table_artifact
 from retrainer.dataset import split_data
 from retrainer.records import Batches, ValidatedData
 from retrainer.settings import Settings
+from tasks.runtime import current_run_id
 
 
 @task(name="build batches")
 def build_batches(data: ValidatedData, settings: Settings) -> Batches:
     batches = split_data(
         data,
-        work_dir=settings.cache_dir / "work",
+        work_dir=settings.cache.run_dir(current_run_id()),
         image_size=settings.image_size,
         batch_size=settings.batch_size,
         validation_fraction=settings.validation_fraction,

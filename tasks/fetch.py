@@ -5,7 +5,6 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from retrainer.fetching import fetch_data
-from retrainer.preflight import check_stores
 from retrainer.records import DataSnapshot
 from retrainer.settings import Settings
 from retrainer.storage import open_store
@@ -19,7 +18,6 @@ from tasks.retries import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
 )
 def fetch(settings: Settings) -> DataSnapshot:
-    check_stores(settings)
     log = get_run_logger()
     snapshot = fetch_data(open_store(settings.resolved_data_url), settings.cache_dir, log)
     log.info(

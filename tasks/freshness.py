@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from retrainer.freshness import skip_if_unchanged, work_key
-from retrainer.records import DataSnapshot, Publication
+from retrainer.records import ChampionRecord, DataSnapshot, Publication
 from retrainer.registry import ModelRegistry
 from retrainer.report import artifact_key
 from retrainer.settings import Settings
@@ -21,11 +21,11 @@ from tasks.retries import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
 )
 def check_for_changes(
-    snapshot: DataSnapshot, settings: Settings, force: bool
+    snapshot: DataSnapshot, champion: ChampionRecord | None, settings: Settings, force: bool
 ) -> Publication | None:
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
     skipped = skip_if_unchanged(
-        registry, work_key(snapshot.fingerprint, settings.training_parameters())
+        registry, champion, work_key(snapshot.fingerprint, settings.training_parameters())
     )
     log = get_run_logger()
     if skipped and force:

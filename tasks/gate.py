@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from retrainer.gating import decide
-from retrainer.records import Batches, GateDecision, TrainedModel
+from retrainer.records import Batches, ChampionRecord, GateDecision, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
@@ -18,22 +18,23 @@ from tasks.retries import retry_unless_bad_input
     retry_delay_seconds=10,
     retry_condition_fn=retry_unless_bad_input,
 )
-def gate(batches: Batches, trained: TrainedModel, settings: Settings) -> GateDecision:
+def gate(
+    batches: Batches, trained: TrainedModel, champion: ChampionRecord | None, settings: Settings
+) -> GateDecision:
     # Keras is imported here, as in the train task: a run that never trains need not load it.
     from retrainer.evaluation import evaluate
 
     log = get_run_logger()
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
-    champion, etag = registry.read_champion()
     candidate, champion_scores, note = evaluate(
-        trained.model_path, batches, registry, champion, settings.cache_dir / "champions", log
+        trained.model_path, batches, registry, champion, settings.cache.champions_dir, log
     )
     decision = decide(
         candidate,
         champion_scores,
         settings.gate,
         champion_version=champion.version if champion else None,
-        champion_etag=etag,
+        champion_etag=champion.etag if champion else None,
         champion_note=note,
         stopped_reason=trained.stopped_reason,
     )

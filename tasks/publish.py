@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
-from prefect.runtime import flow_run
 
 from retrainer.checkpoints import checkpoint_mirror
 from retrainer.freshness import work_key
@@ -16,6 +17,7 @@ from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
+from tasks.runtime import current_run_id
 
 
 @task(
@@ -38,7 +40,7 @@ def publish(
         trained,
         decision,
         settings.training_parameters(),
-        run_id=str(flow_run.id or "local"),
+        run_id=current_run_id(),
         log=get_run_logger(),
     )
     # The work is finished, whatever the gate said: its checkpoints are no longer needed.
@@ -62,4 +64,7 @@ def publish(
         key=artifact_key(settings.model_name),
         description=publication.message,
     )
+    # Everything of this run is in the store now; its local files would only fill the disk.
+    shutil.rmtree(settings.cache.run_dir(current_run_id()), ignore_errors=True)
+    data.index_path.unlink(missing_ok=True)
     return publication

@@ -6,9 +6,11 @@ from typing import Any
 
 from prefect.client.schemas.objects import State, TaskRun
 
+from retrainer.errors import BadInput
+
 
 def retry_unless_bad_input(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry a dropped connection or a preempted worker; fail at once, with its message, on a bad
-    setting or bad data (every such error here is a ValueError), which a retry cannot fix."""
+    """Retry a dropped connection, a half-written file or a preempted worker; fail at once, with
+    its message, on what a person must fix (BadInput), which a retry cannot."""
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, ValueError)
+    return not isinstance(error, BadInput)

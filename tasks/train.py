@@ -6,22 +6,22 @@ from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.runtime import flow_run
 
 from retrainer.checkpoints import checkpoint_mirror
 from retrainer.freshness import work_key
-from retrainer.records import Batches, TrainedModel
+from retrainer.records import Batches, ChampionRecord, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
+from tasks.runtime import current_run_id
 
 
 # A retry resumes from the last finished epoch (checkpoints), so retrying costs one epoch at most.
 @task(
     name="train model", retries=2, retry_delay_seconds=30, retry_condition_fn=retry_unless_bad_input
 )
-def train(batches: Batches, settings: Settings) -> TrainedModel:
+def train(batches: Batches, champion: ChampionRecord | None, settings: Settings) -> TrainedModel:
     # TensorFlow takes seconds and hundreds of MB to import: only the tasks that need it pay.
     from retrainer.training import find_warm_start, train_model
 
@@ -29,10 +29,10 @@ def train(batches: Batches, settings: Settings) -> TrainedModel:
     store = open_store(settings.store_url)
     key = work_key(batches.data_fingerprint, settings.training_parameters())
     mirror = checkpoint_mirror(store, settings.cache_dir, settings.model_name, key)
-    output_dir = settings.cache_dir / "runs" / str(flow_run.id or "local")
+    output_dir = settings.cache.run_dir(current_run_id())
     registry = ModelRegistry(store, settings.model_name)
     warm_start, started_from = find_warm_start(
-        registry, batches, settings.warm_start, settings.cache_dir / "champions", log
+        registry, champion, batches, settings.warm_start, settings.cache.champions_dir, log
     )
     progress = create_progress_artifact(0.0, description=f"Training '{settings.model_name}'")
     assert isinstance(progress, UUID)  # called from sync code: the value, not a coroutine

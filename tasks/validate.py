@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from retrainer.records import DataSnapshot, ValidatedData
-from retrainer.registry import ModelRegistry
+from retrainer.records import ChampionRecord, DataSnapshot, ValidatedData
 from retrainer.settings import Settings
-from retrainer.storage import open_store
 from retrainer.validation import validate_data
 from tasks.retries import retry_unless_bad_input
 
@@ -18,14 +16,15 @@ from tasks.retries import retry_unless_bad_input
     retry_delay_seconds=10,
     retry_condition_fn=retry_unless_bad_input,
 )
-def validate(snapshot: DataSnapshot, settings: Settings) -> ValidatedData:
-    registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
+def validate(
+    snapshot: DataSnapshot, champion: ChampionRecord | None, settings: Settings
+) -> ValidatedData:
     return validate_data(
         snapshot,
-        work_dir=settings.cache_dir / "work",
+        work_dir=settings.cache.work_dir,
         min_images_per_class=settings.min_images_per_class,
         max_quarantined_fraction=settings.max_quarantined_fraction,
-        champion_classes=registry.champion_classes(),
+        champion_classes=champion.class_names if champion else None,
         on_class_change=settings.on_class_change,
         log=get_run_logger(),
     )

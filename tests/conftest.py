@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -16,6 +18,8 @@ import pytest
 from sklearn.datasets import load_digits
 
 from retrainer.demo import digit_png
+from retrainer.records import FileEntry, Manifest
+from retrainer.registry import ModelRegistry
 from retrainer.storage import LocalStore
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -117,3 +121,36 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     for key, data in files.items():
         store.put(key, data)
     return folder
+
+
+def publish_stub_version(
+    registry: ModelRegistry, version: str, files: dict[str, bytes], class_names: list[str]
+) -> None:
+    """A fully published version as the registry reads it: its files, then a valid manifest."""
+    for name, data in files.items():
+        registry.store.put(registry.file_key(version, name), data)
+    now = datetime.now(UTC)
+    manifest = Manifest(
+        files={
+            name: FileEntry(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+            for name, data in files.items()
+        },
+        data_fingerprint="f" * 64,
+        class_names=class_names,
+        train_images=0,
+        validation_images=0,
+        parameters={},
+        device="test",
+        started_from="a fresh model",
+        resumed_from_epoch=0,
+        epochs_run=1,
+        git_commit="test",
+        work_key=f"work-of-{version}",
+        packages={},
+        run_id=f"run-{version}",
+        started_at=now,
+        finished_at=now,
+    )
+    registry.store.put(
+        registry.file_key(version, "manifest.json"), manifest.model_dump_json().encode()
+    )

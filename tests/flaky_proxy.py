@@ -1,5 +1,7 @@
-"""A real HTTP proxy in front of the S3 test server that misbehaves like a real object store:
-503 SlowDown, dropped connections, and a write that lands but whose answer never arrives."""
+"""A real HTTP proxy in front of the S3 test server that misbehaves like real object stores do:
+503 SlowDown, dropped connections, a write that lands but whose answer never arrives, a 409
+ConditionalRequestConflict (before or after forwarding the write), and a store that ignores
+conditional-write headers."""
 
 from __future__ import annotations
 
@@ -15,8 +17,15 @@ SLOWDOWN = (
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 
-# What the proxy does to one request: "pass", "slowdown", "drop" (no answer, nothing forwarded)
-# or "lose-answer" (forwarded, then the connection is closed before the answer).
+CONFLICT = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
+    b"<Message>A conflicting conditional operation is in progress.</Message></Error>"
+)
+
+# What the proxy does to one request: "pass", "slowdown", "drop" (no answer, nothing forwarded),
+# "lose-answer" (forwarded, then the connection is closed before the answer), "conflict" (409,
+# nothing forwarded), "conflict-after-write" (forwarded, then 409 whatever the store said) or
+# "ignore-conditions" (forwarded without If-Match / If-None-Match, as lax stores behave).
 Fault = Callable[[str, str], str]
 
 
@@ -39,22 +48,31 @@ class FlakyProxy:
                 if action != "pass":
                     proxy.faults_served.append(f"{action} {self.command} {self.path}")
                 if action == "slowdown":
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOWDOWN)))
-                    self.end_headers()
-                    self.wfile.write(SLOWDOWN)
+                    self._send_error(503, SLOWDOWN)
+                    return
+                if action == "conflict":
+                    self._send_error(409, CONFLICT)
                     return
                 if action == "drop":
                     self.close_connection = True
                     return
+                headers = dict(self.headers)
+                if action == "ignore-conditions":
+                    headers = {
+                        name: value
+                        for name, value in headers.items()
+                        if name.lower() not in ("if-match", "if-none-match")
+                    }
                 upstream_connection = http.client.HTTPConnection(target.hostname, target.port)
-                upstream_connection.request(self.command, self.path, body, dict(self.headers))
+                upstream_connection.request(self.command, self.path, body, headers)
                 answer = upstream_connection.getresponse()
                 data = answer.read()
                 upstream_connection.close()
                 if action == "lose-answer":
                     self.close_connection = True
+                    return
+                if action == "conflict-after-write":
+                    self._send_error(409, CONFLICT)
                     return
                 self.send_response(answer.status)
                 for name, value in answer.getheaders():
@@ -64,6 +82,14 @@ class FlakyProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def _send_error(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
@@ -87,14 +113,24 @@ def every(n: int, action: str) -> Fault:
     return fault
 
 
-def once_for(method: str, path_part: str, action: str) -> Fault:
-    """Only the first request with this method whose path contains `path_part` gets `action`."""
-    done = threading.Event()
+def always_for(method: str, path_part: str, action: str) -> Fault:
+    """Every request with this method whose path contains `path_part` gets `action`."""
 
     def fault(request_method: str, path: str) -> str:
-        if request_method == method and path_part in path and not done.is_set():
-            done.set()
-            return action
-        return "pass"
+        return action if request_method == method and path_part in path else "pass"
+
+    return fault
+
+
+def first_n_for(method: str, path_part: str, action: str, n: int) -> Fault:
+    """The first `n` requests with this method whose path contains `path_part` get `action`."""
+    counter = itertools.count(1)
+    lock = threading.Lock()
+
+    def fault(request_method: str, path: str) -> str:
+        if request_method != method or path_part not in path:
+            return "pass"
+        with lock:
+            return action if next(counter) <= n else "pass"
 
     return fault

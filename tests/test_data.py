@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from retrainer.dataset import input_fn, is_validation, split_data
+from retrainer.errors import DataError
 from retrainer.fetching import MANIFEST_NAME, fetch_data
 from retrainer.records import DataSnapshot
 from retrainer.storage import LocalStore, S3Store
-from retrainer.validation import DataError, compare_class_sets, validate_data
+from retrainer.validation import compare_class_sets, validate_data
 from tests.conftest import digit_images, write_files
 
 
@@ -81,11 +82,11 @@ class FailingStore(LocalStore):
         super().__init__(root)
         self.remaining = fail_after
 
-    def get(self, key: str) -> bytes:
+    def download(self, key: str, destination: Path) -> None:
         if self.remaining == 0:
             raise ConnectionError("connection dropped")
         self.remaining -= 1
-        return super().get(key)
+        super().download(key, destination)
 
 
 def test_an_interrupted_fetch_leaves_no_partial_file_and_resumes(tmp_path: Path) -> None:

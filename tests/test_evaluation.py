@@ -1,21 +1,23 @@
-"""The champion is scored on the candidate's images; when it cannot be, it is left out, with why."""
+"""The champion is scored on the candidate's images. Only a deterministic incompatibility leaves
+it out (with the reason); a champion that cannot be fetched, checked or loaded fails closed."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
 from retrainer.dataset import split_data
-from retrainer.evaluation import evaluate
+from retrainer.evaluation import ChampionUnavailable, evaluate, score_model
 from retrainer.fetching import fetch_data
 from retrainer.records import Batches
 from retrainer.registry import ModelRegistry
 from retrainer.storage import LocalStore
 from retrainer.training import build_default_model
 from retrainer.validation import validate_data
-from tests.conftest import digit_images, write_files
+from tests.conftest import digit_images, publish_stub_version, write_files
 
 
 @pytest.fixture
@@ -25,54 +27,73 @@ def batches(tmp_path: Path) -> Batches:
     return split_data(data, tmp_path / "w", 16, 8, 0.3, cache_decoded=False)
 
 
-def publish_champion(registry: ModelRegistry, classes: list[str], model_file: bytes) -> None:
-    registry.store.put(registry.file_key("v1", "model.keras"), model_file)
-    manifest = json.dumps({"class_names": classes}).encode()
-    registry.store.put(registry.file_key("v1", "manifest.json"), manifest)
-    registry.promote("v1", "run-1", "passed", None)
-
-
-@pytest.fixture
-def candidate(tmp_path: Path) -> Path:
-    model = build_default_model((16, 16, 3), 2)
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    path = tmp_path / "candidate.keras"
-    model.save(path)
+def saved_model(path: Path, seed: int) -> Path:
+    keras.utils.set_random_seed(seed)
+    build_default_model((16, 16, 3), 2).save(path)
     return path
 
 
-def test_the_champion_is_scored_on_the_same_images(
-    batches: Batches, candidate: Path, tmp_path: Path
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(LocalStore(tmp_path / "store"), "m")
+
+
+def champion_of(
+    registry: ModelRegistry, model_file: bytes, classes: list[str] | None = None
 ) -> None:
-    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
-    publish_champion(registry, ["0", "1"], candidate.read_bytes())
+    publish_stub_version(registry, "v1", {"model.keras": model_file}, classes or ["0", "1"])
+    registry.promote("v1", "run-v1", "passed", None)
+
+
+def test_the_champion_is_scored_on_the_same_images(
+    batches: Batches, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    candidate = saved_model(tmp_path / "candidate.keras", seed=1)
+    champion_file = saved_model(tmp_path / "champion.keras", seed=2)
+    champion_of(registry, champion_file.read_bytes())
+
     scores, champion, note = evaluate(
-        candidate, batches, registry, registry.read_champion()[0], tmp_path / "models"
+        candidate, batches, registry, registry.read_champion_record(), tmp_path / "models"
     )
-    assert champion == scores  # the same model on the same images scores the same
+
+    # Two different models: each side's scores are that model's own, on the validation images.
+    direct = score_model(keras.models.load_model(champion_file, compile=False), batches)
+    assert champion == direct
+    assert champion is not None and not np.isclose(champion.loss, scores.loss)
     assert note == "compared with champion v1 on the same images"
 
 
 def test_a_champion_of_other_classes_is_left_out_with_the_reason(
-    batches: Batches, candidate: Path, tmp_path: Path
+    batches: Batches, registry: ModelRegistry, tmp_path: Path
 ) -> None:
-    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
-    publish_champion(registry, ["cat", "dog"], candidate.read_bytes())
+    candidate = saved_model(tmp_path / "candidate.keras", seed=1)
+    champion_of(registry, candidate.read_bytes(), classes=["cat", "dog"])
     _, champion, note = evaluate(
-        candidate, batches, registry, registry.read_champion()[0], tmp_path / "models"
+        candidate, batches, registry, registry.read_champion_record(), tmp_path / "models"
     )
     assert champion is None
     assert "was trained on classes ['cat', 'dog']" in note
     assert note.endswith("decided by the absolute thresholds alone")
 
 
-def test_an_unreadable_champion_is_left_out_with_the_reason(
-    batches: Batches, candidate: Path, tmp_path: Path
+def test_an_unloadable_champion_fails_the_gate_closed(
+    batches: Batches, registry: ModelRegistry, tmp_path: Path
 ) -> None:
-    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
-    publish_champion(registry, ["0", "1"], b"not a keras file")
-    _, champion, note = evaluate(
-        candidate, batches, registry, registry.read_champion()[0], tmp_path / "models"
-    )
-    assert champion is None
-    assert "could not be loaded" in note
+    candidate = saved_model(tmp_path / "candidate.keras", seed=1)
+    champion_of(registry, b"not a keras file")
+    with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
+        evaluate(candidate, batches, registry, registry.read_champion_record(), tmp_path / "m")
+
+
+def test_a_champion_model_that_differs_from_its_manifest_is_never_loaded(
+    batches: Batches, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    candidate = saved_model(tmp_path / "candidate.keras", seed=1)
+    champion_of(registry, candidate.read_bytes())
+    # Another valid model file in place of the published one: loadable, but not what was gated.
+    other = saved_model(tmp_path / "other.keras", seed=3)
+    registry.store.upload(registry.file_key("v1", "model.keras"), other)
+
+    with pytest.raises(ChampionUnavailable, match="does not match the sha256 in its manifest"):
+        evaluate(candidate, batches, registry, registry.read_champion_record(), tmp_path / "m")
+    assert not list((tmp_path / "m").rglob("model.keras")), "a mismatching file was kept"

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.config import Config
 
+from retrainer.dataset import split_data
+from retrainer.evaluation import ChampionUnavailable, evaluate
 from retrainer.fetching import fetch_data
 from retrainer.registry import ModelRegistry
-from retrainer.storage import S3Store
-from tests.flaky_proxy import Fault, FlakyProxy, every, once_for
+from retrainer.storage import S3_CLIENT_CONFIG, ConditionalWritesIgnored, LocalStore, S3Store
+from retrainer.training import build_default_model
+from retrainer.validation import validate_data
+from tests.conftest import digit_images, publish_stub_version, write_files
+from tests.flaky_proxy import Fault, FlakyProxy, always_for, every, first_n_for
 
 
 @pytest.fixture
@@ -63,7 +69,7 @@ def test_a_promotion_whose_answer_was_lost_is_recognised_as_done(
         registry.promote("v1", "run-1", "passed", None)
     _, etag = registry.read_champion()
 
-    proxy = flaky(once_for("PUT", "champion.json", "lose-answer"))
+    proxy = flaky(first_n_for("PUT", "champion.json", "lose-answer", 1))
     version = "v1" if first_champion else "v2"
     champion = ModelRegistry(S3Store(bucket, "registry"), "m").promote(
         version, "run-2", "passed", etag
@@ -75,3 +81,83 @@ def test_a_promotion_whose_answer_was_lost_is_recognised_as_done(
     assert champion.version == version
     stored = boto3.client("s3").get_object(Bucket=bucket, Key="registry/models/m/champion.json")
     assert version in stored["Body"].read().decode()
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy]
+) -> None:
+    honest = S3Store(bucket, "honest")
+    honest.prove_conditional_writes()
+    assert honest.exists("_retrainer/conditional-writes-proven.json"), "the proof is remembered"
+
+    proxy = flaky(always_for("PUT", "/", "ignore-conditions"))
+    with pytest.raises(ConditionalWritesIgnored, match="ignores If-None-Match"):
+        S3Store(bucket, "lax").prove_conditional_writes()
+    assert proxy.faults_served
+    assert not list(S3Store(bucket, "lax").list()), "the probe left objects behind"
+
+
+def test_racing_first_promotions_on_a_lax_store_are_stopped_before_any_promotion(
+    bucket: str,
+    flaky: Callable[[Fault], FlakyProxy],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from retrainer.cli import main
+
+    flaky(always_for("PUT", "/", "ignore-conditions"))
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "d", {"a/1.png": b"x"})))
+
+    assert main(["run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: RETRAINER_STORE_URL: s3://") and "ignores If-None-Match" in line
+    assert not list(S3Store(bucket, "registry").list("models/"))
+
+
+@pytest.mark.parametrize("action", ["conflict", "conflict-after-write"])
+def test_a_409_is_retried_and_the_outcome_is_what_the_champion_pointer_holds(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy], action: str
+) -> None:
+    registry = ModelRegistry(S3Store(bucket, "registry"), "m")
+    for version in ("v1", "v2"):
+        publish_stub_version(registry, version, {"model.keras": b"w"}, ["a", "b"])
+    registry.promote("v1", "run-1", "passed", None)
+    _, etag = registry.read_champion()
+
+    # "conflict": nothing written, then the retry goes through. "conflict-after-write": every
+    # attempt is answered 409, but the first one landed: the run is the champion all the same.
+    proxy = flaky(first_n_for("PUT", "champion.json", action, 2 if action == "conflict" else 9))
+    champion = ModelRegistry(S3Store(bucket, "registry"), "m").promote(
+        "v2", "run-2", "passed", etag
+    )
+
+    assert len(proxy.faults_served) >= 2
+    assert champion.version == "v2"
+    assert [entry.version for entry in champion.previous] == ["v1"]
+    assert registry.read_champion()[0] == champion
+
+
+def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy], tmp_path: Path
+) -> None:
+    folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
+    data = validate_data(fetch_data(LocalStore(folder), tmp_path / "cache"), tmp_path / "w", 5, 0.1)
+    batches = split_data(data, tmp_path / "w", 16, 8, 0.3, cache_decoded=False)
+    build_default_model((16, 16, 3), 2).save(tmp_path / "model.keras")
+    registry = ModelRegistry(S3Store(bucket, "registry"), "m")
+    publish_stub_version(
+        registry, "v1", {"model.keras": (tmp_path / "model.keras").read_bytes()}, ["0", "1"]
+    )
+    registry.promote("v1", "run-1", "passed", None)
+    champion = registry.read_champion_record()
+
+    proxy = flaky(always_for("GET", "versions/v1/model.keras", "slowdown"))
+    # botocore's own retries, fewer of them so the test is quick; the outage outlasts them all.
+    client = boto3.client("s3", config=S3_CLIENT_CONFIG.merge(Config(retries={"max_attempts": 2})))
+    unreachable = ModelRegistry(S3Store(bucket, "registry", client=client), "m")
+
+    with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
+        evaluate(tmp_path / "model.keras", batches, unreachable, champion, tmp_path / "models")
+    assert len(proxy.faults_served) >= 2, "the outage was not served"

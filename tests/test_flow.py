@@ -22,6 +22,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.retrain import retrain
 from retrainer.dataset import input_fn, split_data
 from retrainer.fetching import fetch_data
+from retrainer.lease import ModelLease
 from retrainer.registry import ModelRegistry
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
@@ -156,6 +157,12 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert [summary.is_champion for summary in summaries] == [True, False]
     assert_secret_appears_nowhere(secret, store, [first.version, second.version])
 
+    # The same work again (same data, parameters, code) would be rejected again: not retrained.
+    again = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
+    assert again.status == "skipped"
+    assert f"as version {second.version} and rejected: val_accuracy" in again.message
+    assert len(ModelRegistry(store, "digits").list_versions()) == 2
+
 
 def assert_secret_appears_nowhere(
     secret: str, store: ObjectStore, versions: list[str | None]
@@ -194,3 +201,41 @@ def test_bad_data_fails_the_run_at_once_with_its_message(
     (validate_run,) = [run for run in task_runs if run.name.startswith("validate data")]
     assert validate_run.run_count == 1, "bad data was retried"
     assert not (tmp_path / "store" / "models").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_a_champion_that_cannot_be_scored_fails_the_run_and_promotes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "images", DATA)))
+    monkeypatch.setenv("RETRAINER_WARM_START", "never")  # so the gate is the first to read it
+    first = retrain()
+    assert first.promoted
+    store = LocalStore(tmp_path / "store")
+    # The champion's model file no longer matches its manifest (bit rot, a bad copy).
+    store.put(f"models/demo/versions/{first.version}/model.keras", b"not the model")
+    champion_before = store.get("models/demo/champion.json")
+
+    state = retrain(RetrainParameters(epochs=1, min_accuracy=0.0, force=True), return_state=True)
+
+    assert state.is_failed()
+    assert f"champion {first.version} could not be scored, so nothing is promoted" in str(
+        state.message
+    )
+    assert store.get("models/demo/champion.json") == champion_before
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_same_model_is_refused_naming_the_running_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "images", DATA)))
+    store = LocalStore(tmp_path / "store")
+    with ModelLease(store, "demo", "nightly-on-gpu-node", seconds=300):
+        state = retrain(return_state=True)
+    assert state.is_failed()
+    assert "'demo' is being retrained by run nightly-on-gpu-node" in str(state.message)
+    assert not list(store.list("models/"))

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from pathlib import Path
 
 import pytest
 
 from retrainer.cli import main
-from retrainer.registry import ModelRegistry, PromotionConflict
+from retrainer.errors import RegistryCorrupt
+from retrainer.registry import ModelIntegrityError, ModelRegistry, PromotionConflict
 from retrainer.storage import LocalStore, ObjectStore, S3Store
+from tests.conftest import publish_stub_version
 
 
 def publish_stub(registry: ModelRegistry, version: str) -> None:
@@ -129,15 +130,79 @@ def test_a_champion_model_is_downloaded_once_and_checked(tmp_path: Path) -> None
     store = LocalStore(tmp_path / "store")
     registry = ModelRegistry(store, "m")
     weights = b"model bytes" * 100
-    store.put(registry.file_key("v1", "model.keras"), weights)
-    manifest = {"files": {"model.keras": {"sha256": hashlib.sha256(weights).hexdigest()}}}
-    store.put(registry.file_key("v1", "manifest.json"), json.dumps(manifest).encode())
+    publish_stub_version(registry, "v1", {"model.keras": weights}, ["a", "b"])
+    registry.promote("v1", "run-1", "passed", None)
+    champion = registry.read_champion_record()
+    assert champion is not None
 
-    first = registry.download_model("v1", tmp_path / "models")
+    first = registry.download_champion_model(champion, tmp_path / "models")
     store.delete(registry.file_key("v1", "model.keras"))
-    assert registry.download_model("v1", tmp_path / "models") == first  # no second download
+    assert registry.download_champion_model(champion, tmp_path / "models") == first  # kept
     assert first.read_bytes() == weights
 
-    first.write_bytes(b"truncated")
+    first.write_bytes(b"truncated")  # a damaged local copy is fetched again
     store.put(registry.file_key("v1", "model.keras"), weights)
-    assert registry.download_model("v1", tmp_path / "models").read_bytes() == weights
+    assert registry.download_champion_model(champion, tmp_path / "models").read_bytes() == weights
+
+    first.unlink()
+    store.put(registry.file_key("v1", "model.keras"), b"tampered")
+    with pytest.raises(ModelIntegrityError, match="does not match the sha256"):
+        registry.download_champion_model(champion, tmp_path / "models")
+    assert not first.exists()
+
+
+def test_the_champion_record_carries_classes_work_key_and_model_hash(store: ObjectStore) -> None:
+    registry = ModelRegistry(store, "m")
+    assert registry.read_champion_record() is None
+    publish_stub_version(registry, "v1", {"model.keras": b"weights"}, ["cat", "dog"])
+    registry.promote("v1", "run-1", "passed", None)
+
+    record = registry.read_champion_record()
+
+    assert record is not None
+    assert (record.version, record.class_names, record.work_key) == (
+        "v1",
+        ["cat", "dog"],
+        "work-of-v1",
+    )
+    assert record.model_sha256 == hashlib.sha256(b"weights").hexdigest()
+    assert record.etag == registry.read_champion()[1]
+
+
+def test_a_corrupt_champion_pointer_stops_reads_and_is_repaired_by_compare_and_swap(
+    store: ObjectStore,
+) -> None:
+    registry = ModelRegistry(store, "m")
+    for version in ("v1", "v2"):
+        publish_stub_version(registry, version, {"model.keras": version.encode()}, ["a", "b"])
+        store.put(registry.file_key(version, "decision.json"), b'{"passed": true}')
+    registry.promote("v1", "run-1", "passed", None)
+    store.put(registry.champion_key, b'{"version": "v1", "trunc')
+
+    with pytest.raises(RegistryCorrupt, match=r"champion.json is unreadable.*--repair"):
+        registry.read_champion_record()
+    with pytest.raises(RegistryCorrupt):
+        registry.promote("v2", "manual", "fix", None)
+
+    champion = registry.promote("v2", "manual", "fix", None, repair=True)
+    assert champion.version == "v2" and champion.previous == []
+    assert registry.read_champion_record() is not None
+
+    store.put(registry.champion_key, b"garbage")
+    repaired = registry.rollback("manual", "bad pointer", repair=True)
+    assert repaired.version == "v2"  # the newest version that passed and verifies
+    assert "repair" in repaired.reason
+
+
+def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_stub_version(
+        registry, "v1", {"model.keras": b"weights", "history.json": b"{}"}, ["a", "b"]
+    )
+    assert registry.verify_version("v1") == []
+    store.put(registry.file_key("v1", "model.keras"), b"bit rot")
+    store.delete(registry.file_key("v1", "history.json"))
+    assert registry.verify_version("v1") == [
+        "v1/history.json: missing",
+        "v1/model.keras: sha256 differs from the manifest's",
+    ]

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrainer.settings import RetrainParameters, SettingsError, load_settings
+from retrainer.errors import SettingsError
+from retrainer.settings import RetrainParameters, load_settings
 
 
 def test_defaults_point_the_data_at_the_demo_dataset_in_the_store() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 
 from flows.retrain import retrain
+from retrainer.checkpoints import CheckpointMirror
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from retrainer.training import plan_devices
@@ -249,4 +253,90 @@ def test_sigkill_mid_training_resumes_at_the_next_epoch(
     champion = json.loads(store.get("models/demo/champion.json"))
     history = json.loads(store.get(f"models/demo/versions/{champion['version']}/history.json"))
     assert len(history["loss"]) == len(history["val_accuracy"]) == 5
+    assert not list(store.list("checkpoints/")), "finished work leaves no checkpoints"
+
+
+def sealed_checkpoint(mirror: CheckpointMirror, epoch: int) -> None:
+    """What Keras' BackupAndRestore and our epoch-end callback leave after `epoch`, sealed."""
+    mirror.local_dir.mkdir(parents=True, exist_ok=True)
+    (mirror.local_dir / "latest.weights.h5").write_bytes(b"weights of epoch %d" % epoch)
+    (mirror.local_dir / "training_metadata.json").write_text(json.dumps({"epoch": epoch - 1}))
+    (mirror.local_dir / "history.json").write_text(json.dumps({"loss": [1.0] * epoch}))
+    mirror.save(epoch)
+
+
+def test_a_torn_local_checkpoint_is_discarded_for_the_stores_copy(tmp_path: Path) -> None:
+    mirror = CheckpointMirror(LocalStore(tmp_path / "store"), "checkpoints/m/k", tmp_path / "ck")
+    sealed_checkpoint(mirror, epoch=2)
+    # A kill while Keras rewrote the weights of epoch 3: the file is half there.
+    (mirror.local_dir / "latest.weights.h5").write_bytes(b"weig")
+
+    assert mirror.restore() == 2
+    assert (mirror.local_dir / "latest.weights.h5").read_bytes() == b"weights of epoch 2"
+
+
+def test_a_pointer_to_missing_or_damaged_checkpoint_files_counts_as_none(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    mirror = CheckpointMirror(store, "checkpoints/m/k", tmp_path / "ck")
+    sealed_checkpoint(mirror, epoch=3)
+    store.put("checkpoints/m/k/epoch-00003/latest.weights.h5", b"damaged")
+    shutil.rmtree(mirror.local_dir)
+    assert mirror.restore() == 0
+    assert not any(mirror.local_dir.iterdir()), "damaged files were kept for Keras to load"
+
+    store.delete("checkpoints/m/k/epoch-00003/latest.weights.h5")
+    assert mirror.restore() == 0
+
+
+@pytest.mark.slow
+def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
+    bucket: str, tmp_path: Path, prefect_api_url: str
+) -> None:
+    seed = int(os.environ.get("RETRAINER_KILL_SEED", random.randrange(1 << 30)))
+    chance = random.Random(seed)
+    data = write_files(tmp_path / "images", digit_images(classes=10, per_class=120))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPOSITORY),
+        "PREFECT_API_URL": prefect_api_url,
+        "RETRAINER_STORE_URL": f"s3://{bucket}/registry",
+        "RETRAINER_DATA_URL": str(data),
+        "RETRAINER_CACHE_DIR": str(tmp_path / "cache"),
+        "RETRAINER_IMAGE_SIZE": "48",
+        "RETRAINER_EPOCHS": "6",
+        "RETRAINER_EARLY_STOPPING_PATIENCE": "0",
+        "RETRAINER_GATE__ACCURACY__THRESHOLD": "0.0",
+    }
+    command = [str(Path(sys.executable).parent / "retrainer"), "run"]
+    kills = []
+    for _ in range(3):
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPOSITORY,
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Training for" in line:
+                break
+        # Anywhere in the next few epochs: mid-batch, mid-checkpoint write, mid-upload.
+        delay = chance.uniform(0.0, 6.0)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait(60)
+        kills.append(f"{delay:.2f} s")
+
+    final = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600, cwd=REPOSITORY
+    )
+    output = final.stdout + final.stderr
+    context = f"seed {seed}, killed after {kills}:\n{output[-3000:]}"
+    assert final.returncode == 0, context
+    store = S3Store(bucket, "registry")
+    champion = json.loads(store.get("models/demo/champion.json"))
+    history = json.loads(store.get(f"models/demo/versions/{champion['version']}/history.json"))
+    assert len(history["loss"]) == len(history["val_loss"]) == 6, context
     assert not list(store.list("checkpoints/")), "finished work leaves no checkpoints"

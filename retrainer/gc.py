@@ -1,0 +1,147 @@
+"""Garbage collection: what the store and the worker's disk may lose, and what they always keep.
+
+Always kept: the champion and every version in its history (the rollback targets), the newest
+`keep` versions that were not promoted, work records (a few hundred bytes each; they stop a
+rejected work from being retrained every night) and the lease.
+
+Removed from the store:
+- versions without a manifest: a publication that died half-way (readers never follow them);
+- partial writes: multipart uploads never completed, `.tmp-` files of the local store;
+- checkpoints of work that finished (it has a work record) or that nobody touched for
+  `older_than` (abandoned: its data or parameters changed before it could finish);
+- versions that were not promoted, older than `older_than`, beyond the newest `keep`.
+
+Removed from the worker's disk (a cache: everything there can be fetched again): run folders,
+checkpoint copies, index files and champion models (but the current champion's) untouched for a
+day.
+
+It runs under the model's lease, so no run of the model is live while it deletes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from retrainer.cache import LocalCache
+from retrainer.registry import ModelRegistry
+from retrainer.storage import ObjectInfo
+
+LOCAL_LEFTOVER_AGE = timedelta(days=1)
+VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def collect_garbage(
+    registry: ModelRegistry,
+    cache: LocalCache,
+    keep: int,
+    older_than: timedelta,
+    dry_run: bool,
+    now: datetime | None = None,
+) -> list[str]:
+    """Remove what is no longer needed; one line per thing removed (or that would be)."""
+    now = now or datetime.now(UTC)
+    cutoff = now - older_than
+    removed = [f"store: {item}" for item in registry.store.remove_partials(cutoff, dry_run)]
+    removed += _collect_versions(registry, keep, cutoff, dry_run)
+    removed += _collect_checkpoints(registry, cutoff, dry_run)
+    removed += _collect_local(registry, cache, now - LOCAL_LEFTOVER_AGE, dry_run)
+    return removed
+
+
+def _delete_all(registry: ModelRegistry, objects: list[ObjectInfo], dry_run: bool) -> None:
+    if not dry_run:
+        for info in objects:
+            registry.store.delete(info.key)
+
+
+def _version_time(version: str, objects: list[ObjectInfo]) -> datetime:
+    try:
+        return datetime.strptime(version.split("-", 1)[0], VERSION_TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return max((info.modified for info in objects if info.modified), default=datetime.now(UTC))
+
+
+def _collect_versions(
+    registry: ModelRegistry, keep: int, cutoff: datetime, dry_run: bool
+) -> list[str]:
+    prefix = f"{registry.root}/versions/"
+    objects: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for info in registry.store.list(prefix):
+        objects[info.key[len(prefix) :].split("/", 1)[0]].append(info)
+    champion, _ = registry.read_champion()
+    protected = set()
+    if champion is not None:
+        protected = {champion.version, *(entry.version for entry in champion.previous)}
+
+    removed = []
+    unpromoted = []
+    for version in sorted(objects):
+        files = objects[version]
+        if not any(info.key.endswith("/manifest.json") for info in files):
+            removed.append(f"store: {prefix}{version}/ (no manifest: publication never finished)")
+            _delete_all(registry, files, dry_run)
+        elif version not in protected:
+            unpromoted.append(version)
+    for version in unpromoted[: max(0, len(unpromoted) - keep)]:
+        files = objects[version]
+        if _version_time(version, files) < cutoff:
+            removed.append(f"store: {prefix}{version}/ (not promoted, past retention)")
+            _delete_all(registry, files, dry_run)
+    return removed
+
+
+def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
+    prefix = f"checkpoints/{registry.model_name}/"
+    works = {
+        info.key.rsplit("/", 1)[-1].removesuffix(".json")[:32]
+        for info in registry.store.list(f"{registry.root}/works/")
+    }
+    objects: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for info in registry.store.list(prefix):
+        objects[info.key[len(prefix) :].split("/", 1)[0]].append(info)
+    removed = []
+    for key, files in sorted(objects.items()):
+        newest = max((info.modified for info in files if info.modified), default=cutoff)
+        if key in works:
+            removed.append(f"store: {prefix}{key}/ (checkpoints of finished work)")
+        elif newest < cutoff:
+            removed.append(f"store: {prefix}{key}/ (checkpoints of abandoned work)")
+        else:
+            continue
+        _delete_all(registry, files, dry_run)
+    return removed
+
+
+def _newest_change(path: Path) -> datetime:
+    times = [path.stat().st_mtime, *(child.stat().st_mtime for child in path.rglob("*"))]
+    return datetime.fromtimestamp(max(times), UTC)
+
+
+def _collect_local(
+    registry: ModelRegistry, cache: LocalCache, cutoff: datetime, dry_run: bool
+) -> list[str]:
+    champion, _ = registry.read_champion()
+    candidates = [
+        *(cache.runs_dir.glob("*")),
+        *(cache.root / "checkpoints").glob("*"),
+        *cache.work_dir.glob("index-*"),
+    ]
+    candidates += [
+        path
+        for path in cache.champions_dir.glob("*")
+        if champion is None or path.name != champion.version
+    ]
+    stale = [path for path in candidates if _newest_change(path) < cutoff]
+    removed = []
+    for path in sorted(stale):
+        removed.append(f"local: {path}")
+        if dry_run:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
