@@ -62,9 +62,7 @@ def create_notification_automations(block: str) -> list[str]:
     """Create (or replace) both automations, sending through the block `type-slug/name`."""
     block_type, _, block_name = block.partition("/")
     if not block_type or not block_name:
-        raise BadInput(
-            f"--block '{block}' must look like type/name, e.g. slack-webhook/ml-alerts"
-        )
+        raise BadInput(f"--block '{block}' must look like type/name, e.g. slack-webhook/ml-alerts")
     names = []
     with get_client(sync_client=True) as client:
         try:

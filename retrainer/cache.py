@@ -3,11 +3,12 @@
 Layout under RETRAINER_CACHE_DIR, and how long each part lives:
 
     data/<hash of the data URL>/   fetched copies of the data and the key -> ETag manifest; kept,
-                                   so a warm worker downloads only what changed
+                                   so a warm worker downloads only what changed; a fetch holds
+                                   its lock, as models sharing the data may run at once
     work/                          validation verdicts per object ETag; kept (re-derived if lost)
     champions/<version>/           champion models, each checked against its manifest's sha256
                                    before use; kept (`retrainer gc` removes all but the champion's)
-    checkpoints/<work key>/        Keras' backup of unfinished work; removed when the work is
+    checkpoints/<model>/<work key>/  Keras' backup of unfinished work; removed when the work is
                                    published (the store keeps its own copy until then)
     runs/<run id>/                 one run's split, decoded-image caches, model, plots and logs;
                                    removed when the run ends, or by `retrainer gc` after a crash
@@ -39,8 +40,8 @@ class LocalCache:
     def champions_dir(self) -> Path:
         return self.root / "champions"
 
-    def checkpoint_dir(self, work_key: str) -> Path:
-        return self.root / "checkpoints" / work_key[:32]
+    def checkpoint_dir(self, model_name: str, work_key: str) -> Path:
+        return self.root / "checkpoints" / model_name / work_key[:32]
 
     @property
     def runs_dir(self) -> Path:

@@ -126,5 +126,7 @@ def checkpoint_mirror(
     store: ObjectStore, cache_root: Path, model_name: str, key: str
 ) -> CheckpointMirror:
     return CheckpointMirror(
-        store, f"checkpoints/{model_name}/{key[:32]}", LocalCache(cache_root).checkpoint_dir(key)
+        store,
+        f"checkpoints/{model_name}/{key[:32]}",
+        LocalCache(cache_root).checkpoint_dir(model_name, key),
     )

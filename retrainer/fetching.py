@@ -6,6 +6,7 @@ objects and removes deleted ones, so a nightly run costs what changed, not what 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from retrainer.records import DataSnapshot
 from retrainer.storage import ObjectInfo, ObjectStore, check_key, write_atomically
 
 MANIFEST_NAME = ".fetch-manifest.json"
+LOCK_NAME = ".fetch-lock"
 DOWNLOAD_THREADS = 16
 DOWNLOAD_SLICE = 1024
 
@@ -73,6 +75,20 @@ def fetch_data(
 
     cache_dir = LocalCache(cache_root).data_dir(store.url)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two models trained from the same data may fetch at once: one at a time per cache folder, or
+    # one would remove the other's downloads in flight as leftovers.
+    with open(cache_dir / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _mirror(store, objects, refused, cache_dir, log)
+
+
+def _mirror(
+    store: ObjectStore,
+    objects: list[ObjectInfo],
+    refused: list[str],
+    cache_dir: Path,
+    log: Log,
+) -> DataSnapshot:
     known = read_manifest(cache_dir)
     wanted = {info.key: info for info in objects}
 
@@ -127,7 +143,7 @@ def _remove_files_not_in(cache_dir: Path, keys: set[str]) -> int:
     """Delete cached files whose object is gone, and leftovers of an interrupted download."""
     removed = 0
     for path in cache_dir.rglob("*"):
-        if not path.is_file() or path.name == MANIFEST_NAME:
+        if not path.is_file() or path.name in (MANIFEST_NAME, LOCK_NAME):
             continue
         if path.relative_to(cache_dir).as_posix() not in keys:
             path.unlink()

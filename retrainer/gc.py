@@ -126,7 +126,7 @@ def _collect_local(
     champion, _ = registry.read_champion()
     candidates = [
         *(cache.runs_dir.glob("*")),
-        *(cache.root / "checkpoints").glob("*"),
+        *(cache.root / "checkpoints" / registry.model_name).glob("*"),
         *cache.work_dir.glob("index-*"),
     ]
     candidates += [

@@ -13,7 +13,7 @@ from PIL import Image
 
 from retrainer.dataset import input_fn, is_validation, split_data
 from retrainer.errors import DataError
-from retrainer.fetching import MANIFEST_NAME, fetch_data
+from retrainer.fetching import LOCK_NAME, MANIFEST_NAME, fetch_data
 from retrainer.records import DataSnapshot
 from retrainer.storage import LocalStore, S3Store
 from retrainer.validation import compare_class_sets, validate_data
@@ -30,7 +30,7 @@ def cached_files(snapshot: DataSnapshot) -> set[str]:
     return {
         path.relative_to(snapshot.cache_dir).as_posix()
         for path in snapshot.cache_dir.rglob("*")
-        if path.is_file() and path.name != MANIFEST_NAME
+        if path.is_file() and path.name not in (MANIFEST_NAME, LOCK_NAME)
     }
 
 
@@ -72,7 +72,7 @@ def test_keys_that_would_escape_the_cache_are_refused_and_reported(
     )
     assert cached_files(snapshot) == {"a/ok.png"}
     written = {p.name for p in tmp_path.rglob("*") if p.is_file()}
-    assert written == {"ok.png", MANIFEST_NAME}
+    assert written == {"ok.png", MANIFEST_NAME, LOCK_NAME}
 
 
 class FailingStore(LocalStore):
