@@ -84,7 +84,7 @@ def prepare_batches(work: Path, count: int, size: int = 64, batch_size: int = 32
     source = write_tree(work / "images", jpeg_images(count, classes=5, size=size))
     snapshot = fetch_data(LocalStore(source), work / "cache")
     data = validate_data(snapshot, work / "work", 5, 0.0)
-    return split_data(data, work / "work", size, batch_size, 0.2, cache_decoded=True)
+    return split_data(data, work / "work", size, batch_size, 0.15, 0.2, cache_decoded=True)
 
 
 def in_memory_dataset(batches, subset: str):

@@ -29,7 +29,7 @@ def train_once(folder: Path) -> None:
 
     snapshot = fetch_data(LocalStore(folder / "images"), folder / "cache")
     data = validate_data(snapshot, folder / "work", 5, 0.0)
-    batches = split_data(data, folder / "work", SIZE, 32, 0.2, cache_decoded=True)
+    batches = split_data(data, folder / "work", SIZE, 32, 0.15, 0.2, cache_decoded=True)
     settings = load_settings(epochs=2, early_stopping_patience=0, image_size=SIZE)
     mirror = checkpoint_mirror(LocalStore(folder / "store"), folder / "cache", "bench", "m" * 32)
     train_model(batches, settings, folder / "out", mirror)

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int)
     run.add_argument("--batch-size", type=int)
     run.add_argument("--learning-rate", type=float)
-    run.add_argument("--min-accuracy", type=float, help="gate: lowest val_accuracy accepted")
+    run.add_argument("--min-accuracy", type=float, help="gate: lowest test accuracy accepted")
     run.add_argument("--force", action="store_true", help="train even if nothing changed")
 
     models = commands.add_parser("models", help="list published versions and the champion")
@@ -142,7 +142,7 @@ def models_command(settings: Settings, model_name: str | None) -> int:
     if not versions:
         print(f"No published versions of '{registry.model_name}' in {settings.store_url}")
         return 0
-    print(f"{'version':<26} {'val_accuracy':>12} {'val_loss':>9} {'macro_f1':>9}  status")
+    print(f"{'version':<26} {'test_accuracy':>13} {'test_loss':>9} {'macro_f1':>9}  status")
     for summary in versions:
         if summary.is_champion:
             status = "CHAMPION"
@@ -150,10 +150,12 @@ def models_command(settings: Settings, model_name: str | None) -> int:
             status = "passed, not champion"
         else:
             status = summary.reason or "rejected"
-        accuracy = summary.metrics.get("val_accuracy", float("nan"))
-        loss = summary.metrics.get("val_loss", float("nan"))
-        f1 = summary.metrics.get("val_macro_f1", float("nan"))
-        print(f"{summary.version:<26} {accuracy:>12.4f} {loss:>9.4f} {f1:>9.4f}  {status}")
+        # Versions from before the test split have validation figures only.
+        metrics = summary.metrics
+        accuracy = metrics.get("test_accuracy", metrics.get("val_accuracy", float("nan")))
+        loss = metrics.get("test_loss", metrics.get("val_loss", float("nan")))
+        f1 = metrics.get("test_macro_f1", metrics.get("val_macro_f1", float("nan")))
+        print(f"{summary.version:<26} {accuracy:>13.4f} {loss:>9.4f} {f1:>9.4f}  {status}")
     return 0
 
 

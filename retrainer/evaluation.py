@@ -1,8 +1,9 @@
-"""Evaluate: score the candidate and the champion on the same validation images, in one run."""
+"""Evaluate: score the candidate and the champion on the same test images, in one run."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -10,9 +11,11 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from retrainer import Log
-from retrainer.dataset import CHANNELS, input_fn
-from retrainer.records import Batches, ChampionRecord, ModelScores
+from retrainer.dataset import CHANNELS, Subset, input_fn
+from retrainer.records import Batches, ChampionRecord, ModelScores, PairedTest
 from retrainer.registry import ModelRegistry
+from retrainer.settings import GateSettings
+from retrainer.significance import paired_tests
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +55,11 @@ def score_predictions(
     )
 
 
-def score_model(model: keras.Model, batches: Batches) -> ModelScores:
-    validation = input_fn(batches, "validation", shuffle=False)
-    labels = np.concatenate([label.numpy() for _, label in validation])
-    probabilities = model.predict(validation, verbose=0)
-    return score_predictions(probabilities, labels, batches.class_names)
+def predict(model: keras.Model, batches: Batches, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities for every image of the subset, and the true labels, in split order."""
+    dataset = input_fn(batches, subset, shuffle=False)
+    labels = np.concatenate([label.numpy() for _, label in dataset])
+    return model.predict(dataset, verbose=0), labels
 
 
 class ChampionUnavailable(RuntimeError):
@@ -92,37 +95,91 @@ def load_champion_model(
     return model, ""
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What the gate judges: both models on the test split, and how sure each difference is."""
+
+    candidate: ModelScores
+    candidate_validation: ModelScores
+    champion: ModelScores | None
+    note: str
+    tests: dict[str, PairedTest]
+    test_images: int
+
+
+def split_note(champion: ChampionRecord, batches: Batches) -> str:
+    """Why tonight's comparison may favour the champion, when its splits were not these."""
+    if champion.test_fraction is None:
+        return (
+            f"champion {champion.version} was trained before the test split existed: tonight's "
+            "test images were its validation images (never trained on, but early stopping chose "
+            "it on them), which favours it"
+        )
+    if champion.test_fraction != batches.test_fraction:
+        return (
+            f"champion {champion.version} was trained with a test fraction of "
+            f"{champion.test_fraction}, not {batches.test_fraction}: it may have trained on "
+            "some of tonight's test images, which favours it"
+        )
+    return ""
+
+
 def evaluate(
     candidate_path: Path,
     batches: Batches,
     registry: ModelRegistry,
     champion: ChampionRecord | None,
     models_dir: Path,
+    gate: GateSettings,
+    seed: int,
     log: Log = logger,
-) -> tuple[ModelScores, ModelScores | None, str]:
-    """Scores of the candidate and of the champion (None when it cannot be compared), and why."""
-    candidate = score_model(
-        keras.models.load_model(candidate_path, safe_mode=True, compile=False), batches
-    )
+) -> Evaluation:
+    """Score the candidate (validation and test) and the champion (test) on the same images."""
+    model = keras.models.load_model(candidate_path, safe_mode=True, compile=False)
+    probabilities, labels = predict(model, batches, "test")
+    candidate = score_predictions(probabilities, labels, batches.class_names)
+    validation = score_predictions(*predict(model, batches, "validation"), batches.class_names)
     log.info(
-        "Candidate on %d validation images: accuracy %.4f, loss %.4f, macro F1 %.4f",
+        "Candidate: accuracy %.4f on %d validation images (chosen on them), %.4f on %d test "
+        "images (never seen); test loss %.4f, macro F1 %.4f",
+        validation.accuracy,
         batches.validation_count,
         candidate.accuracy,
+        batches.test_count,
         candidate.loss,
         candidate.macro_f1,
     )
+
+    def without_champion(note: str) -> Evaluation:
+        return Evaluation(candidate, validation, None, note, {}, batches.test_count)
+
     if champion is None:
-        return candidate, None, "first model: no champion to beat"
-    model, note = load_champion_model(registry, champion, batches, models_dir)
-    if model is None:
-        log.warning("%s; the gate decides by the absolute thresholds alone", note)
-        return candidate, None, note + "; decided by the absolute thresholds alone"
-    scores = score_model(model, batches)
+        return without_champion("first model: no champion to beat")
+    champion_model, incompatible = load_champion_model(registry, champion, batches, models_dir)
+    if champion_model is None:
+        log.warning("%s; the gate decides by the absolute thresholds alone", incompatible)
+        return without_champion(incompatible + "; decided by the absolute thresholds alone")
+    champion_probabilities, _ = predict(champion_model, batches, "test")
+    scores = score_predictions(champion_probabilities, labels, batches.class_names)
+    tests = paired_tests(
+        probabilities,
+        champion_probabilities,
+        labels,
+        batches.class_names,
+        gate.significance_level,
+        gate.bootstrap_samples,
+        seed,
+    )
     log.info(
-        "Champion %s on the same images: accuracy %.4f, loss %.4f, macro F1 %.4f",
+        "Champion %s on the same test images: accuracy %.4f (%s), loss %.4f, macro F1 %.4f",
         champion.version,
         scores.accuracy,
+        tests["accuracy"].describe(),
         scores.loss,
         scores.macro_f1,
     )
-    return candidate, scores, f"compared with champion {champion.version} on the same images"
+    note = f"compared with champion {champion.version} on the same test images"
+    if caveat := split_note(champion, batches):
+        log.warning("Note: %s", caveat)
+        note += f"; {caveat}"
+    return Evaluation(candidate, validation, scores, note, tests, batches.test_count)

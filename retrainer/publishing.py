@@ -88,7 +88,8 @@ def publish_version(
     folder = trained.model_path.parent
     scores = decision.candidate
     metrics = {
-        **scores.headline(),
+        **scores.headline("test"),
+        **(decision.candidate_validation.headline("val") if decision.candidate_validation else {}),
         "precision": scores.precision,
         "recall": scores.recall,
         "confusion_matrix": scores.confusion_matrix,

@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 
 class DataSnapshot(BaseModel):
@@ -30,29 +30,46 @@ class QuarantinedFile(BaseModel):
     reason: str
 
 
+class IndexEntry(BaseModel):
+    """One usable image: its path relative to the data folder and its class index."""
+
+    path: str
+    label: int
+
+
+INDEX = TypeAdapter(list[IndexEntry])
+
+
 class ValidatedData(BaseModel):
     """Images that decode, grouped by class, and the files set aside."""
 
     snapshot: DataSnapshot
     class_names: list[str]
     images_per_class: dict[str, int]
-    index_path: Path = Field(description="JSON list of [relative path, class index] pairs")
+    index_path: Path = Field(description="JSON list of IndexEntry, local to this worker")
     quarantined: list[QuarantinedFile] = Field(default_factory=list)
     class_change: str | None = Field(None, description="how the classes differ from the champion's")
     decoded: int = Field(0, description="files decoded this time (the others were known)")
 
+    def read_index(self) -> list[IndexEntry]:
+        return INDEX.validate_json(self.index_path.read_bytes())
+
 
 class Batches(BaseModel):
-    """A train/validation split on disk and how to batch it."""
+    """The train/validation/test split on disk and how to batch it."""
 
-    split_path: Path
+    split_path: Path = Field(description="the Split file (retrainer.dataset), local to this worker")
     class_names: list[str]
     image_size: int
     batch_size: int
     train_count: int
     validation_count: int
+    test_count: int
+    validation_fraction: float
+    test_fraction: float
     train_per_class: dict[str, int]
     validation_per_class: dict[str, int]
+    test_per_class: dict[str, int]
     data_fingerprint: str
     cache_decoded: bool = True
 
@@ -71,7 +88,7 @@ class TrainedModel(BaseModel):
 
 
 class ModelScores(BaseModel):
-    """A model's scores on the validation split."""
+    """A model's scores on one split (the test split, unless said otherwise)."""
 
     loss: float
     accuracy: float
@@ -80,8 +97,42 @@ class ModelScores(BaseModel):
     recall: dict[str, float]
     confusion_matrix: list[list[int]]
 
-    def headline(self) -> dict[str, float]:
-        return {"val_loss": self.loss, "val_accuracy": self.accuracy, "val_macro_f1": self.macro_f1}
+    def headline(self, prefix: str = "test") -> dict[str, float]:
+        return {
+            f"{prefix}_loss": self.loss,
+            f"{prefix}_accuracy": self.accuracy,
+            f"{prefix}_macro_f1": self.macro_f1,
+        }
+
+
+class PairedTest(BaseModel):
+    """Candidate minus champion on the same test images, and whether the difference is real."""
+
+    metric: str = Field(description="accuracy, macro_f1, loss or recall[<class>]")
+    difference: float = Field(description="candidate minus champion (for loss, > 0 is worse)")
+    method: Literal["mcnemar", "bootstrap"]
+    p_value: float | None = Field(None, description="McNemar's exact two-sided p-value")
+    interval: tuple[float, float] | None = Field(None, description="bootstrap interval")
+    discordant: tuple[int, int] | None = Field(
+        None, description="images only the candidate / only the champion got right"
+    )
+    images: int
+    significantly_better: bool
+    significantly_worse: bool
+    too_small: bool = Field(description="too few images for any difference to be significant")
+
+    def describe(self) -> str:
+        """`McNemar p=0.0386 (10 vs 2 of 360)` or `95% CI [-0.0210, +0.0040]`."""
+        if self.too_small:
+            return f"{self.images} image(s): too few for any difference to be significant"
+        if self.method == "mcnemar":
+            only_candidate, only_champion = self.discordant or (0, 0)
+            return (
+                f"McNemar p={self.p_value:.4f} ({only_candidate} vs {only_champion} of "
+                f"{self.images})"
+            )
+        low, high = self.interval or (0.0, 0.0)
+        return f"bootstrap CI [{low:+.4f}, {high:+.4f}]"
 
 
 class GateCheck(BaseModel):
@@ -92,15 +143,33 @@ class GateCheck(BaseModel):
     passed: bool
     champion_value: float | None = None
     comparison: str = Field("", description="how the threshold was derived from the champion")
+    evidence: str = Field("", description="the paired test of the difference, in words")
+    within_noise: bool = Field(
+        False, description="beyond the bound, yet passed: the drop is not significant"
+    )
+    statement: str = Field("", description="the check in words, when it is not a bound")
 
     def describe(self) -> str:
-        """`val_accuracy 0.8100 < champion 0.8600 - 0.0100`: the check in words, as it came out."""
-        if self.higher_is_better:
-            operator = ">=" if self.passed else "<"
-        else:
-            operator = "<=" if self.passed else ">"
+        """`test_accuracy 0.8100 < champion 0.8600 - 0.0100 (McNemar p=0.0386 (2 vs 10 of
+        360))`: the check in words, as it came out."""
+        if self.statement:
+            return self.statement
+        holds = (
+            self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+        )
+        operator = {
+            (True, True): ">=",
+            (True, False): "<",
+            (False, True): "<=",
+            (False, False): ">",
+        }[(self.higher_is_better, holds)]
         bound = self.comparison or f"{self.threshold:.4f}"
-        return f"{self.metric} {self.value:.4f} {operator} {bound}"
+        words = f"{self.metric} {self.value:.4f} {operator} {bound}"
+        if self.evidence:
+            words += f" ({self.evidence})"
+        if self.within_noise:
+            words += ": not significantly worse, passed"
+        return words
 
 
 class FileEntry(BaseModel):
@@ -145,6 +214,9 @@ class ChampionRecord(BaseModel):
     work_key: str
     model_key: str = Field(description="store key of the model file")
     model_sha256: str = Field(description="the manifest's hash, checked before the model is loaded")
+    test_fraction: float | None = Field(
+        None, description="its test split; None when it was trained before there was one"
+    )
 
 
 class WorkRecord(BaseModel):
@@ -161,11 +233,17 @@ class GateDecision(BaseModel):
     passed: bool
     reason: str = Field(description="the decision in one sentence")
     checks: list[GateCheck]
-    candidate: ModelScores
+    candidate: ModelScores = Field(description="the candidate on the test split")
+    candidate_validation: ModelScores | None = Field(
+        None, description="the candidate on the validation split early stopping chose it on"
+    )
     champion: ModelScores | None = Field(None, description="the champion on the same images")
     champion_version: str | None
     champion_etag: str | None = Field(None, description="champion.json as read before the gate")
     champion_note: str = Field("", description="how the champion was (or could not be) compared")
+    paired_tests: list[PairedTest] = Field(default_factory=list)
+    test_images: int = 0
+    significance_level: float = 0.05
 
 
 class Publication(BaseModel):

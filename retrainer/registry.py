@@ -126,6 +126,7 @@ class ModelRegistry:
             work_key=manifest.work_key,
             model_key=self.file_key(champion.version, "model.keras"),
             model_sha256=manifest.files["model.keras"].sha256,
+            test_fraction=manifest.parameters.get("test_fraction"),
         )
 
     def promote(

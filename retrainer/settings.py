@@ -26,6 +26,7 @@ TRAINING_PARAMETERS = {
     "image_size",
     "learning_rate",
     "validation_fraction",
+    "test_fraction",
     "seed",
     "model_factory",
     "warm_start",
@@ -107,6 +108,25 @@ class GateSettings(BaseModel):
     max_class_recall_drop: float | None = Field(
         0.1, ge=0.0, le=1.0, description="largest drop in any one class's recall"
     )
+    significance_level: float = Field(
+        0.05, gt=0.0, lt=0.5, description="p-value below which a difference counts as real"
+    )
+    reject_only_if_significantly_worse: bool = Field(
+        True,
+        description="a drop beyond max_regression rejects only if it is also significant",
+    )
+    promote_only_if_significantly_better: bool = Field(
+        False,
+        description="an improvement must also be significant (with min_improvement, or alone)",
+    )
+    when_too_small: Literal["keep_champion", "plain"] = Field(
+        "keep_champion",
+        description="test split too small for any difference to be significant: keep the "
+        "champion, or judge by the plain thresholds",
+    )
+    bootstrap_samples: int = Field(
+        2000, ge=100, le=100_000, description="resamples for macro F1 and loss intervals"
+    )
 
     def rules(self) -> dict[str, MetricRule]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
@@ -138,7 +158,16 @@ class Settings(BaseSettings):
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
     learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
     validation_fraction: float = Field(
-        0.2, gt=0.0, lt=1.0, description="Share of images held out for validation."
+        0.15,
+        gt=0.0,
+        lt=1.0,
+        description="Share of images for validation: early stopping and checkpoint choice.",
+    )
+    test_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of images for the test split, seen by the gate only.",
     )
     seed: int = Field(42, ge=0, description="Random seed, for repeatable runs.")
     model_factory: str = Field(
@@ -188,6 +217,16 @@ class Settings(BaseSettings):
         return check_model_name(value)
 
     @model_validator(mode="after")
+    def _some_images_train(self) -> Settings:
+        if self.validation_fraction + self.test_fraction > 0.9:
+            raise ValueError(
+                "RETRAINER_VALIDATION_FRACTION + RETRAINER_TEST_FRACTION must leave at least 10% "
+                f"of the images for training (got {self.validation_fraction} + "
+                f"{self.test_fraction})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _default_data_url(self) -> Settings:
         if self.data_url is None:
             self.data_url = join_url(self.store_url, DEMO_DATASET_KEY)
@@ -228,7 +267,7 @@ class RetrainParameters(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=4096, description="Images per batch.")
     learning_rate: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate.")
     min_accuracy: float | None = Field(
-        None, ge=0.0, le=1.0, description="Gate: lowest validation accuracy accepted."
+        None, ge=0.0, le=1.0, description="Gate: lowest test accuracy accepted."
     )
     force: bool = Field(False, description="Train even if nothing changed since the champion.")
 
@@ -247,8 +286,11 @@ def describe_validation_error(error: ValidationError, prefix: str = ENV_PREFIX) 
     """One line per bad value, naming the environment variable a user sets to fix it."""
     lines = []
     for problem in error.errors():
-        name = prefix + "__".join(str(part).upper() for part in problem["loc"])
         message = str(problem["msg"]).removeprefix("Value error, ")
+        if not problem["loc"]:  # a rule across settings: its message names them
+            lines.append(message)
+            continue
+        name = prefix + "__".join(str(part).upper() for part in problem["loc"])
         given = problem.get("input")
         suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
         lines.append(f"{name}: {message}{suffix}")

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from retrainer import Log
 from retrainer.errors import DataError
 from retrainer.fetching import read_manifest
-from retrainer.records import DataSnapshot, QuarantinedFile, ValidatedData
+from retrainer.records import INDEX, DataSnapshot, IndexEntry, QuarantinedFile, ValidatedData
 from retrainer.storage import write_atomically
 
 # The formats tf.io.decode_image reads, so a file accepted here always decodes in training.
@@ -130,9 +130,9 @@ def validate_data(
         log.warning("%s: training a new model", class_change.capitalize())
 
     label_of = {name: index for index, name in enumerate(class_names)}
-    index = [[relative, label_of[class_name]] for relative, class_name in usable]
+    index = [IndexEntry(path=relative, label=label_of[name]) for relative, name in usable]
     index_path = work_dir / f"index-{snapshot.fingerprint[:16]}.json"
-    write_atomically(index_path, json.dumps(index).encode())
+    write_atomically(index_path, INDEX.dump_json(index))
 
     summary = ", ".join(f"{name}: {counts[name]}" for name in class_names)
     log.info(

@@ -19,13 +19,16 @@ def build_batches(data: ValidatedData, settings: Settings) -> Batches:
         image_size=settings.image_size,
         batch_size=settings.batch_size,
         validation_fraction=settings.validation_fraction,
+        test_fraction=settings.test_fraction,
         cache_decoded=settings.cache_decoded,
     )
     get_run_logger().info(
-        "Split %d images: %d for training, %d for validation (%d quarantined)",
-        batches.train_count + batches.validation_count,
+        "Split %d images: %d for training, %d for validation (early stopping), %d for the "
+        "test split (the gate only); %d quarantined",
+        batches.train_count + batches.validation_count + batches.test_count,
         batches.train_count,
         batches.validation_count,
+        batches.test_count,
         len(data.quarantined),
     )
     create_table_artifact(
@@ -35,6 +38,7 @@ def build_batches(data: ValidatedData, settings: Settings) -> Batches:
                 "images": data.images_per_class[name],
                 "training": batches.train_per_class[name],
                 "validation": batches.validation_per_class[name],
+                "test": batches.test_per_class[name],
             }
             for name in batches.class_names
         ],

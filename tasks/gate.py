@@ -26,17 +26,27 @@ def gate(
 
     log = get_run_logger()
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
-    candidate, champion_scores, note = evaluate(
-        trained.model_path, batches, registry, champion, settings.cache.champions_dir, log
+    evaluation = evaluate(
+        trained.model_path,
+        batches,
+        registry,
+        champion,
+        settings.cache.champions_dir,
+        settings.gate,
+        settings.seed,
+        log,
     )
     decision = decide(
-        candidate,
-        champion_scores,
+        evaluation.candidate,
+        evaluation.champion,
         settings.gate,
         champion_version=champion.version if champion else None,
         champion_etag=champion.etag if champion else None,
-        champion_note=note,
+        champion_note=evaluation.note,
         stopped_reason=trained.stopped_reason,
+        tests=evaluation.tests,
+        candidate_validation=evaluation.candidate_validation,
+        test_images=evaluation.test_images,
     )
     (log.info if decision.passed else log.warning)("Gate %s", decision.reason)
     return decision

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
@@ -11,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrainer.dataset import input_fn, is_validation, split_data
+from retrainer.dataset import input_fn, read_split, split_data, subset_of
 from retrainer.errors import DataError
 from retrainer.fetching import LOCK_NAME, MANIFEST_NAME, fetch_data
 from retrainer.records import DataSnapshot
@@ -131,8 +134,8 @@ def test_formats_and_channels_are_accepted_and_decode_to_rgb(tmp_path: Path) -> 
     data = validate_data(snapshot, tmp_path / "work", 1, 0.0)
     assert data.quarantined == []
     assert data.images_per_class == {"a": 12, "b": 12}
-    batches = split_data(data, tmp_path / "work", 16, 8, 0.5, cache_decoded=False)
-    for subset in ("train", "validation"):
+    batches = split_data(data, tmp_path / "work", 16, 8, 0.3, 0.3, cache_decoded=False)
+    for subset in ("train", "validation", "test"):
         for images, _ in input_fn(batches, subset, shuffle=False):
             assert images.shape[1:] == (16, 16, 3)
             assert images.dtype.name == "uint8"
@@ -179,53 +182,64 @@ def test_class_set_change_fails_loudly_by_default_or_is_reported() -> None:
     assert compare_class_sets(["cat"], None, "fail") is None
 
 
-def test_split_is_stable_as_the_dataset_grows(tmp_path: Path) -> None:
+def test_an_image_never_changes_split_as_the_dataset_grows(tmp_path: Path) -> None:
     images = digit_images(classes=3, per_class=60)
     first_half = {key: data for key, data in images.items() if int(key[2:5]) < 30}
     folder = write_files(tmp_path / "data", first_half)
-    before = split_data(
-        validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1),
-        tmp_path / "w",
-        8,
-        8,
-        0.2,
-    )
+
+    def split_now() -> dict[str, set[str]]:
+        data = validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1)
+        split = read_split(split_data(data, tmp_path / "w", 8, 8, 0.15, 0.2))
+        return {
+            name: {example.path for example in split.subset(name)}
+            for name in ("train", "validation", "test")
+        }
+
+    before = split_now()
     write_files(folder, images)
-    after = split_data(
-        validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1),
-        tmp_path / "w",
-        8,
-        8,
-        0.2,
-    )
-    old = json.loads(before.split_path.read_text())
-    new = json.loads(after.split_path.read_text())
-    old_validation = {path for path, _ in old["validation"]}
-    new_training = {path for path, _ in new["train"]}
-    assert old_validation and not old_validation & new_training
-    assert old_validation < {path for path, _ in new["validation"]}
-    assert after.validation_count > before.validation_count
+    after = split_now()
+
+    for name in ("train", "validation", "test"):
+        assert before[name] and before[name] < after[name], name  # kept, and grown
+    assert not after["test"] & (after["train"] | after["validation"])
 
 
-def test_validation_membership_depends_on_the_path_alone() -> None:
+def test_changing_the_fractions_on_unchanged_data_changes_what_input_fn_yields(
+    tmp_path: Path,
+) -> None:
+    folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=60))
+    data = validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1)
+
+    def training_images(validation_fraction: float) -> int:
+        batches = split_data(data, tmp_path / "w", 8, 8, validation_fraction, 0.2)
+        return sum(len(labels) for _, labels in input_fn(batches, "train", shuffle=False))
+
+    few_held_out, many_held_out = training_images(0.1), training_images(0.5)
+    assert many_held_out < few_held_out  # no stale split or decoded cache was reused
+
+
+SUBSETS_IN_ANOTHER_PROCESS = """
+import sys
+from retrainer.dataset import subset_of
+print(",".join(subset_of(f"class/{i}.png", 0.15, 0.2) for i in range(2000)))
+"""
+
+
+def test_subset_membership_depends_on_the_path_alone_in_every_process() -> None:
     paths = [f"class/{index}.png" for index in range(2000)]
-    chosen = [is_validation(path, 0.2) for path in paths]
-    assert chosen == [is_validation(path, 0.2) for path in paths]
-    assert 0.15 < sum(chosen) / len(paths) < 0.25
-
-
-def test_validation_decodes_only_new_or_changed_files(tmp_path: Path) -> None:
-    images = digit_images(classes=2, per_class=20)
-    folder = write_files(tmp_path / "data", images)
-    first = validate_data(snapshot_of(folder, tmp_path), tmp_path / "work", 5, 0.1)
-    assert first.decoded == 40
-
-    unchanged = validate_data(snapshot_of(folder, tmp_path), tmp_path / "work", 5, 0.1)
-    assert unchanged.decoded == 0
-    assert unchanged.images_per_class == first.images_per_class
-
-    write_files(folder, {"0/000.png": b"now corrupt", "1/new.png": images["1/000.png"]})
-    changed = validate_data(snapshot_of(folder, tmp_path), tmp_path / "work", 5, 0.1)
-    assert changed.decoded == 2
-    assert [item.path for item in changed.quarantined] == ["0/000.png"]
-    assert changed.images_per_class == {"0": 19, "1": 21}
+    here = [subset_of(path, 0.15, 0.2) for path in paths]
+    # Another interpreter with another string-hash salt must place every image the same way.
+    elsewhere = (
+        subprocess.run(
+            [sys.executable, "-c", SUBSETS_IN_ANOTHER_PROCESS],
+            env={**os.environ, "PYTHONHASHSEED": "12345"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split(",")
+    )
+    assert here == elsewhere
+    shares = {name: here.count(name) / len(paths) for name in ("train", "validation", "test")}
+    assert 0.16 < shares["test"] < 0.24 and 0.11 < shares["validation"] < 0.19

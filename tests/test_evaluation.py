@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 
 from retrainer.dataset import split_data
-from retrainer.evaluation import ChampionUnavailable, evaluate, score_model
+from retrainer.evaluation import (
+    ChampionUnavailable,
+    Evaluation,
+    evaluate,
+    predict,
+    score_predictions,
+)
 from retrainer.fetching import fetch_data
 from retrainer.records import Batches
 from retrainer.registry import ModelRegistry
+from retrainer.settings import GateSettings
 from retrainer.storage import LocalStore
 from retrainer.training import build_default_model
 from retrainer.validation import validate_data
@@ -24,7 +31,7 @@ from tests.conftest import digit_images, publish_stub_version, write_files
 def batches(tmp_path: Path) -> Batches:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
     data = validate_data(fetch_data(LocalStore(folder), tmp_path / "cache"), tmp_path / "w", 5, 0.1)
-    return split_data(data, tmp_path / "w", 16, 8, 0.3, cache_decoded=False)
+    return split_data(data, tmp_path / "w", 16, 8, 0.3, 0.3, cache_decoded=False)
 
 
 def saved_model(path: Path, seed: int) -> Path:
@@ -36,6 +43,13 @@ def saved_model(path: Path, seed: int) -> Path:
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(LocalStore(tmp_path / "store"), "m")
+
+
+def evaluated(
+    candidate: Path, batches: Batches, registry: ModelRegistry, models: Path
+) -> Evaluation:
+    champion = registry.read_champion_record()
+    return evaluate(candidate, batches, registry, champion, models, GateSettings(), seed=0)
 
 
 def champion_of(
@@ -52,15 +66,16 @@ def test_the_champion_is_scored_on_the_same_images(
     champion_file = saved_model(tmp_path / "champion.keras", seed=2)
     champion_of(registry, champion_file.read_bytes())
 
-    scores, champion, note = evaluate(
-        candidate, batches, registry, registry.read_champion_record(), tmp_path / "models"
-    )
+    evaluation = evaluated(candidate, batches, registry, tmp_path / "models")
 
-    # Two different models: each side's scores are that model's own, on the validation images.
-    direct = score_model(keras.models.load_model(champion_file, compile=False), batches)
-    assert champion == direct
-    assert champion is not None and not np.isclose(champion.loss, scores.loss)
-    assert note == "compared with champion v1 on the same images"
+    # Two different models: each side's scores are that model's own, on the test images.
+    model = keras.models.load_model(champion_file, compile=False)
+    direct = score_predictions(*predict(model, batches, "test"), batches.class_names)
+    assert evaluation.champion == direct
+    assert not np.isclose(direct.loss, evaluation.candidate.loss)
+    assert evaluation.test_images == batches.test_count
+    assert evaluation.tests["accuracy"].images == batches.test_count
+    assert evaluation.note.startswith("compared with champion v1 on the same test images")
 
 
 def test_a_champion_of_other_classes_is_left_out_with_the_reason(
@@ -68,12 +83,10 @@ def test_a_champion_of_other_classes_is_left_out_with_the_reason(
 ) -> None:
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_of(registry, candidate.read_bytes(), classes=["cat", "dog"])
-    _, champion, note = evaluate(
-        candidate, batches, registry, registry.read_champion_record(), tmp_path / "models"
-    )
-    assert champion is None
-    assert "was trained on classes ['cat', 'dog']" in note
-    assert note.endswith("decided by the absolute thresholds alone")
+    evaluation = evaluated(candidate, batches, registry, tmp_path / "models")
+    assert evaluation.champion is None
+    assert "was trained on classes ['cat', 'dog']" in evaluation.note
+    assert evaluation.note.endswith("decided by the absolute thresholds alone")
 
 
 def test_an_unloadable_champion_fails_the_gate_closed(
@@ -82,7 +95,7 @@ def test_an_unloadable_champion_fails_the_gate_closed(
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_of(registry, b"not a keras file")
     with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
-        evaluate(candidate, batches, registry, registry.read_champion_record(), tmp_path / "m")
+        evaluated(candidate, batches, registry, tmp_path / "m")
 
 
 def test_a_champion_model_that_differs_from_its_manifest_is_never_loaded(
@@ -95,5 +108,5 @@ def test_a_champion_model_that_differs_from_its_manifest_is_never_loaded(
     registry.store.upload(registry.file_key("v1", "model.keras"), other)
 
     with pytest.raises(ChampionUnavailable, match="does not match the sha256 in its manifest"):
-        evaluate(candidate, batches, registry, registry.read_champion_record(), tmp_path / "m")
+        evaluated(candidate, batches, registry, tmp_path / "m")
     assert not list((tmp_path / "m").rglob("model.keras")), "a mismatching file was kept"

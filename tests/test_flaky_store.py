@@ -15,6 +15,7 @@ from retrainer.dataset import split_data
 from retrainer.evaluation import ChampionUnavailable, evaluate
 from retrainer.fetching import fetch_data
 from retrainer.registry import ModelRegistry
+from retrainer.settings import GateSettings
 from retrainer.storage import S3_CLIENT_CONFIG, ConditionalWritesIgnored, LocalStore, S3Store
 from retrainer.training import build_default_model
 from retrainer.validation import validate_data
@@ -144,7 +145,7 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
 ) -> None:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
     data = validate_data(fetch_data(LocalStore(folder), tmp_path / "cache"), tmp_path / "w", 5, 0.1)
-    batches = split_data(data, tmp_path / "w", 16, 8, 0.3, cache_decoded=False)
+    batches = split_data(data, tmp_path / "w", 16, 8, 0.3, 0.3, cache_decoded=False)
     build_default_model((16, 16, 3), 2).save(tmp_path / "model.keras")
     registry = ModelRegistry(S3Store(bucket, "registry"), "m")
     publish_stub_version(
@@ -159,5 +160,13 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
     unreachable = ModelRegistry(S3Store(bucket, "registry", client=client), "m")
 
     with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
-        evaluate(tmp_path / "model.keras", batches, unreachable, champion, tmp_path / "models")
+        evaluate(
+            tmp_path / "model.keras",
+            batches,
+            unreachable,
+            champion,
+            tmp_path / "models",
+            GateSettings(),
+            seed=0,
+        )
     assert len(proxy.faults_served) >= 2, "the outage was not served"

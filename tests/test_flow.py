@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.retrain import retrain
-from retrainer.dataset import input_fn, split_data
+from retrainer.dataset import input_fn, split_data, subset_of
 from retrainer.fetching import fetch_data
 from retrainer.lease import ModelLease
 from retrainer.registry import ModelRegistry
@@ -75,13 +75,13 @@ def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: P
     return str(model_file)
 
 
-def validation_accuracy(model_file: str, data_store: ObjectStore, tmp_path: Path) -> float:
-    """Score a model on the demo validation split, built by the project's own input function."""
+def accuracy_on_test_split(model_file: str, data_store: ObjectStore, tmp_path: Path) -> float:
+    """Score a model on the test split, built by the project's own input function."""
     snapshot = fetch_data(data_store, tmp_path / "eval-cache")
     data = validate_data(snapshot, tmp_path / "eval-work", 5, 0.1)
-    batches = split_data(data, tmp_path / "eval-work", 16, 16, 0.2)
+    batches = split_data(data, tmp_path / "eval-work", 16, 16, 0.15, 0.2)
     model = keras.models.load_model(model_file)
-    _, accuracy = model.evaluate(input_fn(batches, "validation", shuffle=False), verbose=0)
+    _, accuracy = model.evaluate(input_fn(batches, "test", shuffle=False), verbose=0)
     return float(accuracy)
 
 
@@ -99,11 +99,11 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     assert publication.promoted
     store = LocalStore(tmp_path / "store")
     model_file = assert_champion_is_complete(store, "demo", tmp_path)
-    accuracy = validation_accuracy(model_file, LocalStore(data_folder), tmp_path)
+    accuracy = accuracy_on_test_split(model_file, LocalStore(data_folder), tmp_path)
     assert accuracy >= 0.8
-    assert json.loads(store.get(f"models/demo/versions/{publication.version}/metrics.json"))[
-        "val_accuracy"
-    ] == pytest.approx(accuracy, abs=1e-6)
+    metrics = json.loads(store.get(f"models/demo/versions/{publication.version}/metrics.json"))
+    assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert 0.0 < metrics["val_accuracy"] <= 1.0
 
     unchanged = retrain()
     assert unchanged.status == "skipped"
@@ -142,7 +142,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     second = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
 
     assert not second.promoted
-    assert "val_accuracy" in second.message and "rejected" in second.message
+    assert "test_accuracy" in second.message and "rejected" in second.message
     assert store.get("models/digits/champion.json") == champion_before
     rejected = f"models/digits/versions/{second.version}/"
     uploaded = {info.key[len(rejected) :] for info in store.list(rejected)}
@@ -150,9 +150,12 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     decision = json.loads(store.get(rejected + "decision.json"))
     assert decision["passed"] is False
     assert decision["champion_version"] == first.version
-    assert decision["champion_note"] == f"compared with champion {first.version} on the same images"
+    assert decision["champion_note"] == (
+        f"compared with champion {first.version} on the same test images"
+    )
     first_metrics = json.loads(store.get(f"models/digits/versions/{first.version}/metrics.json"))
-    assert decision["champion"]["accuracy"] == pytest.approx(first_metrics["val_accuracy"])
+    assert decision["champion"]["accuracy"] == pytest.approx(first_metrics["test_accuracy"])
+    assert {test["metric"] for test in decision["paired_tests"]} >= {"accuracy", "macro_f1", "loss"}
     summaries = ModelRegistry(store, "digits").list_versions()
     assert [summary.is_champion for summary in summaries] == [True, False]
     assert_secret_appears_nowhere(secret, store, [first.version, second.version])
@@ -160,7 +163,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     # The same work again (same data, parameters, code) would be rejected again: not retrained.
     again = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
     assert again.status == "skipped"
-    assert f"as version {second.version} and rejected: val_accuracy" in again.message
+    assert f"as version {second.version} and rejected: test_accuracy" in again.message
     assert len(ModelRegistry(store, "digits").list_versions()) == 2
 
 
@@ -239,3 +242,30 @@ def test_a_second_run_of_the_same_model_is_refused_naming_the_running_one(
     assert state.is_failed()
     assert "'demo' is being retrained by run nightly-on-gpu-node" in str(state.message)
     assert not list(store.list("models/"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_an_early_stopped_candidate_is_gated_on_images_early_stopping_never_saw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_folder = write_files(tmp_path / "images", DATA)
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(data_folder))
+    monkeypatch.setenv("RETRAINER_EPOCHS", "40")
+    monkeypatch.setenv("RETRAINER_EARLY_STOPPING_PATIENCE", "1")
+
+    publication = retrain()
+
+    store = LocalStore(tmp_path / "store")
+    prefix = f"models/demo/versions/{publication.version}/"
+    history = json.loads(store.get(prefix + "history.json"))
+    decision = json.loads(store.get(prefix + "decision.json"))
+    assert len(history["val_loss"]) < 40, "training did not stop early"
+    subsets = {key: subset_of(key, 0.15, 0.2) for key in DATA}
+    test_images = [key for key, subset in subsets.items() if subset == "test"]
+    seen_by_early_stopping = [key for key, subset in subsets.items() if subset == "validation"]
+    assert test_images and seen_by_early_stopping
+    assert not set(test_images) & set(seen_by_early_stopping)
+    assert decision["test_images"] == len(test_images)
+    assert decision["candidate_validation"] is not None  # reported beside the test figure

@@ -80,7 +80,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     settings = load_settings(epochs=2, batch_size=8, image_size=16, early_stopping_patience=0)
     snapshot = fetch_data(LocalStore(work / "images"), work / "cache")
     data = validate_data(snapshot, work / "w", 5, 0.1)
-    batches = split_data(data, work / "w", 16, 8, 0.2)
+    batches = split_data(data, work / "w", 16, 8, 0.15, 0.2)
     plan = DevicePlan("multi-gpu", ("/cpu:0", "/cpu:1"), "float32", "2 replicas")
     mirror = checkpoint_mirror(LocalStore(work / "store"), work / "cache", "m", "k" * 32)
     trained = train_model(batches, settings, work / "out", mirror, plan=plan)
