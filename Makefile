@@ -3,7 +3,7 @@ UV := .tools/bin/uv
 RUN := $(UV) run --frozen --no-sync
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: run test deploy bench
+.PHONY: run checks test test-fast deploy bench
 
 # uv is pinned and kept in its own folder, so every machine resolves and installs the same way.
 $(UV):
@@ -14,12 +14,19 @@ run: $(UV)
 	$(UV) sync --frozen
 	$(RUN) retrainer demo
 
-test: $(UV)
+# Format, lint and types first: the cheapest failures.
+checks: $(UV)
 	$(UV) sync --frozen --group test
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
 	$(RUN) mypy
+
+test: checks
 	$(RUN) pytest
+
+# Everything but the slow tests (those that start a Prefect server or train end to end): ~1.5 min.
+test-fast: checks
+	$(RUN) pytest -m "not slow"
 
 # Registers prefect.yaml's deployments with the Prefect API in PREFECT_API_URL.
 deploy: $(UV)

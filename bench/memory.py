@@ -32,7 +32,7 @@ def train_once(folder: Path) -> None:
     batches = split_data(data, folder / "work", SIZE, 32, 0.15, 0.2, cache_decoded=True)
     settings = load_settings(epochs=2, early_stopping_patience=0, image_size=SIZE)
     mirror = checkpoint_mirror(LocalStore(folder / "store"), folder / "cache", "bench", "m" * 32)
-    train_model(batches, settings, folder / "out", mirror)
+    train_model(batches, settings.training_config(), folder / "out", mirror)
     print(f"PEAK_RSS_MB {peak_rss_mb():.0f}")
 
 

@@ -14,7 +14,7 @@ import keras
 
 from bench.common import EpochTimer, in_memory_dataset, prepare_batches
 from retrainer.dataset import input_fn
-from retrainer.training import build_default_model
+from retrainer.models import build_default_model
 
 EPOCHS = 4  # the first is warm-up: graph tracing, and for files the decode into the cache
 

@@ -17,9 +17,10 @@ import keras
 
 from bench.common import EpochTimer, in_memory_dataset, prepare_batches
 from retrainer.checkpoints import checkpoint_mirror
+from retrainer.models import build_default_model
 from retrainer.settings import load_settings
 from retrainer.storage import LocalStore
-from retrainer.training import build_default_model, train_model
+from retrainer.training import train_model
 
 EPOCHS = 4  # epoch 1 is warm-up (tracing; decoding into the cache) and is left out
 
@@ -63,7 +64,7 @@ def main() -> None:
         ends: list[float] = []
         train_model(
             batches,
-            settings,
+            settings.training_config(),
             work / "out",
             mirror,
             on_epoch=lambda *_: ends.append(time.perf_counter()),

@@ -11,9 +11,9 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from retrainer.errors import BadInput
+from retrainer.events import EVENT_PREFIX, REJECTED_EVENT
 
 FLOW_NAME = "retrain"
-REJECTED_EVENT = "retrainer.model.rejected"
 FAILED_AUTOMATION = "retrainer: a retrain run failed"
 REJECTED_AUTOMATION = "retrainer: a candidate model was rejected"
 
@@ -43,7 +43,7 @@ def notification_automations(block_document_id: object) -> list[Automation]:
         description="The gate rejected a candidate model; the champion is unchanged.",
         trigger=EventTrigger(
             expect={REJECTED_EVENT},
-            match={"prefect.resource.id": "retrainer.model.*"},
+            match={"prefect.resource.id": EVENT_PREFIX + "*"},
             posture="Reactive",
             threshold=1,
         ),

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from retrainer.records import Publication
 from retrainer.settings import RetrainParameters, load_settings
 from tasks.batches import build_batches
 from tasks.champion import read_champion
 from tasks.fetch import fetch
-from tasks.freshness import check_for_changes
+from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
 from tasks.lease import model_lease
 from tasks.preflight import preflight
@@ -27,10 +27,13 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
     with model_lease(settings):
         snapshot = fetch(settings)
         champion = read_champion(settings)
-        if skipped := check_for_changes(snapshot, champion, settings, parameters.force):
-            return skipped
+        work = identify(snapshot, settings)
+        if already_done := check_for_changes(work, champion, settings):
+            if not parameters.force:
+                return report_skipped(already_done)
+            get_run_logger().info("Force is set: training anyway")
         data = validate(snapshot, champion, settings)
         batches = build_batches(data, settings)
-        trained = train(batches, champion, settings)
+        trained = train(batches, work, champion, settings)
         decision = gate(batches, trained, champion, settings)
-        return publish(data, batches, trained, decision, settings)
+        return publish(data, batches, work, trained, decision, settings)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import sys
+import typing
 from datetime import timedelta
+from textwrap import shorten
 
 from pydantic import ValidationError
 
+from retrainer import __version__
 from retrainer.errors import BadInput, SettingsError
 from retrainer.lease import LeaseHeld, ModelLease
 from retrainer.preflight import check_location, check_stores
@@ -18,10 +22,32 @@ from retrainer.settings import (
     RetrainParameters,
     Settings,
     describe_validation_error,
-    join_url,
     load_settings,
 )
 from retrainer.storage import open_store
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_parameter_options(parser: argparse.ArgumentParser) -> None:
+    """One option per RetrainParameters field, with its type, bounds and description."""
+    for name, field in RetrainParameters.model_fields.items():
+        help_text = field.description or ""
+        bounds = [
+            f"{word} {getattr(rule, attribute)}"
+            for rule in field.metadata
+            for attribute, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if getattr(rule, attribute, None) is not None
+        ]
+        if bounds:
+            help_text += f" ({', '.join(bounds)})"
+        if field.annotation is bool:
+            parser.add_argument(option_name(name), action="store_true", help=help_text)
+            continue
+        kind = next(t for t in typing.get_args(field.annotation) if t is not type(None))
+        parser.add_argument(option_name(name), type=kind, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,19 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrain a Keras image classifier and promote it only when it is better. "
         "Settings come from RETRAINER_* environment variables and .env.",
     )
+    parser.add_argument("--version", action="version", version=f"retrainer {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one retraining now, under Prefect")
-    run.add_argument("--model-name", help="publish under this model name")
-    run.add_argument("--data-url", help="s3://bucket/prefix or folder with one folder per class")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--learning-rate", type=float)
-    run.add_argument("--min-accuracy", type=float, help="gate: lowest test accuracy accepted")
-    run.add_argument("--force", action="store_true", help="train even if nothing changed")
+    add_parameter_options(run)
+    run.set_defaults(handler=run_command)
 
     models = commands.add_parser("models", help="list published versions and the champion")
     models.add_argument("--model-name", help="model to list (default: RETRAINER_MODEL_NAME)")
+    models.add_argument("--json", action="store_true", help="one JSON list, for scripts")
+    models.set_defaults(handler=models_command)
 
     promote = commands.add_parser("promote", help="make a published version champion (override)")
     promote.add_argument("version")
@@ -52,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument(
         "--repair", action="store_true", help="replace an unreadable champion.json (history lost)"
     )
+    promote.set_defaults(handler=promote_command)
 
     rollback = commands.add_parser("rollback", help="make the previous champion champion again")
     rollback.add_argument("--reason", required=True, help="why (recorded in champion.json)")
@@ -61,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an unreadable champion.json with the newest version that passed and verifies",
     )
+    rollback.set_defaults(handler=rollback_command)
 
     verify = commands.add_parser(
         "verify", help="check the champion, its manifest and every file's sha256"
     )
     verify.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
     verify.add_argument("--all", action="store_true", help="check every published version too")
+    verify.set_defaults(handler=verify_command)
 
     gc = commands.add_parser(
         "gc", help="remove unfinished versions, partial uploads, stale checkpoints and caches"
@@ -82,12 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="days after which unpromoted versions and abandoned checkpoints go (default: 30)",
     )
     gc.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    gc.set_defaults(handler=gc_command)
 
     serve = commands.add_parser(
         "serve", help="run the flow on its nightly schedule from this machine (no worker needed)"
     )
     serve.add_argument("--cron", default="0 2 * * *", help="schedule (default: 02:00 daily)")
     serve.add_argument("--timezone", default="UTC", help="time zone of the schedule")
+    serve.set_defaults(handler=serve_command)
 
     notify = commands.add_parser(
         "notify", help="create Prefect automations that notify on failed or rejected runs"
@@ -97,32 +126,29 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="notification block made in the Prefect UI, as type/name: slack-webhook/ml-alerts",
     )
+    notify.set_defaults(handler=notify_command)
 
-    commands.add_parser(
+    demo = commands.add_parser(
         "demo",
         help="three nights on the demo digits: first model, more data (warm start, gate), "
         "nothing new (skip)",
     )
+    demo.set_defaults(handler=demo_command)
 
-    commands.add_parser(
+    seed = commands.add_parser(
         "seed-demo", help=f"copy the demo digits into the store ({DEMO_DATASET_KEY})"
     )
+    seed.set_defaults(handler=seed_demo_command)
     return parser
 
 
 def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     try:
         parameters = RetrainParameters(
-            model_name=arguments.model_name,
-            data_url=arguments.data_url,
-            epochs=arguments.epochs,
-            batch_size=arguments.batch_size,
-            learning_rate=arguments.learning_rate,
-            min_accuracy=arguments.min_accuracy,
-            force=arguments.force,
+            **{name: getattr(arguments, name) for name in RetrainParameters.model_fields}
         )
     except ValidationError as error:
-        raise SettingsError(describe_validation_error(error, prefix="--")) from None
+        raise SettingsError(describe_validation_error(error, style="option")) from None
     check_stores(settings.with_parameters(parameters))
 
     from flows.retrain import retrain
@@ -136,18 +162,26 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     return 0
 
 
-def models_command(settings: Settings, model_name: str | None) -> int:
-    registry = ModelRegistry(open_store(settings.store_url), model_name or settings.model_name)
+def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    registry = ModelRegistry(
+        open_store(settings.store_url), arguments.model_name or settings.model_name
+    )
     versions = registry.list_versions()
+    if arguments.json:
+        print(json.dumps([summary.model_dump(mode="json") for summary in versions], indent=2))
+        return 0
     if not versions:
         print(f"No published versions of '{registry.model_name}' in {settings.store_url}")
         return 0
-    print(f"{'version':<26} {'test_accuracy':>13} {'test_loss':>9} {'macro_f1':>9}  status")
+    print(f"Versions of '{registry.model_name}' in {settings.store_url}, oldest first:\n")
+    print(f"  {'version':<24} {'test accuracy':>13} {'test loss':>9} {'macro F1':>8}  status")
     for summary in versions:
         if summary.is_champion:
-            status = "CHAMPION"
+            status = "champion"
         elif summary.passed:
             status = "passed, not champion"
+        elif summary.passed is None:
+            status = "no gate decision recorded"
         else:
             status = summary.reason or "rejected"
         # Versions from before the test split have validation figures only.
@@ -155,7 +189,11 @@ def models_command(settings: Settings, model_name: str | None) -> int:
         accuracy = metrics.get("test_accuracy", metrics.get("val_accuracy", float("nan")))
         loss = metrics.get("test_loss", metrics.get("val_loss", float("nan")))
         f1 = metrics.get("test_macro_f1", metrics.get("val_macro_f1", float("nan")))
-        print(f"{summary.version:<26} {accuracy:>13.4f} {loss:>9.4f} {f1:>9.4f}  {status}")
+        marker = "*" if summary.is_champion else " "
+        print(
+            f"{marker} {summary.version:<24} {accuracy:>13.4f} {loss:>9.4f} {f1:>8.4f}  "
+            f"{shorten(status, 70)}"
+        )
     return 0
 
 
@@ -246,47 +284,25 @@ def serve_command(settings: Settings, arguments: argparse.Namespace) -> int:
     return 0
 
 
-def notify_command(block: str) -> int:
+def notify_command(settings: Settings, arguments: argparse.Namespace) -> int:
     from flows.notifications import create_notification_automations
 
-    for name in create_notification_automations(block):
+    for name in create_notification_automations(arguments.block):
         print(f"Automation ready: {name}")
     return 0
 
 
-DEMO_NIGHTS = (
-    ("Night 1: the first 60% of the digits arrive", 0.6),
-    ("Night 2: the rest of the digits arrive", 1.0),
-    ("Night 3: nothing new", 1.0),
-)
-
-
-def demo_command(settings: Settings) -> int:
+def demo_command(settings: Settings, arguments: argparse.Namespace) -> int:
     """What the product is for, in three nightly runs on the embedded default."""
     from flows.retrain import retrain
-    from retrainer.demo import seed_demo_data
+    from retrainer.demo import run_demo_nights
 
-    store = open_store(settings.store_url)
     check_location("RETRAINER_STORE_URL", settings.store_url)
-    parameters = RetrainParameters(data_url=join_url(settings.store_url, DEMO_DATASET_KEY))
-    outcomes = []
-    for title, share in DEMO_NIGHTS:
-        print(f"\n=== {title} ===", flush=True)
-        added = seed_demo_data(store, DEMO_DATASET_KEY, share)
-        print(f"{added} new images in {store.describe(DEMO_DATASET_KEY)}", flush=True)
-        outcomes.append((title, retrain(parameters)))
-    print("\n=== What happened ===")
-    for title, outcome in outcomes:
-        print(f"{title}\n  {outcome.status}: {outcome.message}")
-        if outcome.version_url:
-            print(f"  model uploaded to {outcome.version_url}")
-    champion = outcomes[-1][1].champion_version
-    print(f"\nChampion of '{settings.model_name}': {champion} ({settings.store_url})")
-    print("See every version with: .venv/bin/retrainer models")
+    run_demo_nights(settings, retrain)
     return 0
 
 
-def seed_demo_command(settings: Settings) -> int:
+def seed_demo_command(settings: Settings, arguments: argparse.Namespace) -> int:
     from retrainer.demo import seed_demo_data
 
     store = open_store(settings.store_url)
@@ -299,26 +315,7 @@ def seed_demo_command(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        if arguments.command == "run":
-            return run_command(settings, arguments)
-        if arguments.command == "models":
-            return models_command(settings, arguments.model_name)
-        if arguments.command == "promote":
-            return promote_command(settings, arguments)
-        if arguments.command == "rollback":
-            return rollback_command(settings, arguments)
-        if arguments.command == "verify":
-            return verify_command(settings, arguments)
-        if arguments.command == "gc":
-            return gc_command(settings, arguments)
-        if arguments.command == "demo":
-            return demo_command(settings)
-        if arguments.command == "serve":
-            return serve_command(settings, arguments)
-        if arguments.command == "notify":
-            return notify_command(arguments.block)
-        return seed_demo_command(settings)
+        return int(arguments.handler(load_settings(), arguments))
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -9,12 +9,15 @@ from __future__ import annotations
 import io
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from retrainer.storage import ObjectStore
+from retrainer.records import Publication
+from retrainer.settings import DEMO_DATASET_KEY, RetrainParameters, Settings, join_url
+from retrainer.storage import ObjectStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +48,37 @@ def seed_demo_data(store: ObjectStore, prefix: str, share: float = 1.0) -> int:
                 written += 1
     logger.info("Seeded %d demo images into %s", written, store.describe(prefix))
     return written
+
+
+DEMO_NIGHTS = (
+    ("Night 1: the first 60% of the digits arrive", 0.6),
+    ("Night 2: the rest of the digits arrive", 1.0),
+    ("Night 3: nothing new", 1.0),
+)
+
+
+def run_demo_nights(
+    settings: Settings, retrain: Callable[[RetrainParameters], Publication]
+) -> list[Publication]:
+    """Three nights on the embedded default: a first model, more data, nothing new.
+
+    `retrain` runs one night (the CLI passes the Prefect flow), so this scenario stays free of
+    any framework.
+    """
+    store = open_store(settings.store_url)
+    parameters = RetrainParameters(data_url=join_url(settings.store_url, DEMO_DATASET_KEY))
+    outcomes = []
+    for title, share in DEMO_NIGHTS:
+        print(f"\n=== {title} ===", flush=True)
+        added = seed_demo_data(store, DEMO_DATASET_KEY, share)
+        print(f"{added} new images in {store.describe(DEMO_DATASET_KEY)}", flush=True)
+        outcomes.append(retrain(parameters))
+    print("\n=== What happened ===")
+    for (title, _), outcome in zip(DEMO_NIGHTS, outcomes, strict=True):
+        print(f"{title}\n  {outcome.status}: {outcome.message}")
+        if outcome.version_url:
+            print(f"  model uploaded to {outcome.version_url}")
+    champion = outcomes[-1].champion_version
+    print(f"\nChampion of '{settings.model_name}': {champion} ({settings.store_url})")
+    print("See every version with: .venv/bin/retrainer models")
+    return outcomes

@@ -1,18 +1,16 @@
-"""The Prefect events a run emits about its model: named once, for emitter and automations."""
+"""The Prefect events a run emits about its model: named once, for emitter and automations.
+
+`retrainer.model.promoted`, `.rejected` or `.conflict`, about the resource `retrainer.model.<name>`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
-
-Outcome = Literal["promoted", "rejected", "conflict"]
-
 EVENT_PREFIX = "retrainer.model."
-PROMOTED_EVENT = EVENT_PREFIX + "promoted"
 REJECTED_EVENT = EVENT_PREFIX + "rejected"
-CONFLICT_EVENT = EVENT_PREFIX + "conflict"
 
 
-def model_event(outcome: Outcome) -> str:
+def model_event(outcome: str) -> str:
+    """The event of a publication's outcome: promoted, rejected or conflict."""
     return EVENT_PREFIX + outcome
 
 

@@ -10,7 +10,8 @@ import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -24,6 +25,9 @@ MANIFEST_NAME = ".fetch-manifest.json"
 LOCK_NAME = ".fetch-lock"
 DOWNLOAD_THREADS = 16
 DOWNLOAD_SLICE = 1024
+PROGRESS_SECONDS = 10.0
+
+OnProgress = Callable[[int, int], None]  # (objects downloaded, objects to download)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ def fetch_data(
     store: ObjectStore,
     cache_root: Path,
     log: Log = logger,
+    on_progress: OnProgress | None = None,
 ) -> DataSnapshot:
     """Bring the local cache in line with the store; only changed objects cross the network."""
     store.check()
@@ -79,7 +84,33 @@ def fetch_data(
     # one would remove the other's downloads in flight as leftovers.
     with open(cache_dir / LOCK_NAME, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _mirror(store, objects, refused, cache_dir, log)
+        return _mirror(store, objects, refused, cache_dir, log, on_progress)
+
+
+class Progress:
+    """Say how far a long download is: a line and a callback every PROGRESS_SECONDS."""
+
+    def __init__(self, total: int, log: Log, on_progress: OnProgress | None) -> None:
+        self.total = total
+        self.done = 0
+        self.log = log
+        self.on_progress = on_progress
+        self.last = time.monotonic()
+
+    def advance(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.last < PROGRESS_SECONDS and self.done < self.total:
+            return
+        self.last = time.monotonic()
+        if self.done < self.total:
+            self.log.info(
+                "Downloaded %d of %d objects (%.0f%%)",
+                self.done,
+                self.total,
+                100 * self.done / self.total,
+            )
+        if self.on_progress:
+            self.on_progress(self.done, self.total)
 
 
 def _mirror(
@@ -88,6 +119,7 @@ def _mirror(
     refused: list[str],
     cache_dir: Path,
     log: Log,
+    on_progress: OnProgress | None,
 ) -> DataSnapshot:
     known = read_manifest(cache_dir)
     wanted = {info.key: info for info in objects}
@@ -108,6 +140,7 @@ def _mirror(
     )
     pending = {info.key for info in stale}
     failures: list[BaseException] = []
+    progress = Progress(len(stale), log, on_progress)
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
         # In slices, so memory for the queued work stays flat however many objects there are.
         for start in range(0, len(stale), DOWNLOAD_SLICE):
@@ -120,6 +153,7 @@ def _mirror(
                     failures.append(error)
                 else:
                     pending.discard(downloads[done])
+                progress.advance()
     # Recorded after a failure too: what did arrive is kept, so a rerun fetches only the rest.
     manifest = {
         key: [info.etag, info.size] for key, info in sorted(wanted.items()) if key not in pending

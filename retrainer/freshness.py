@@ -6,19 +6,21 @@ skips training; checkpoints are filed under it, so a rerun of the same work resu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
-from retrainer.records import ChampionRecord, Publication
+from retrainer.records import ChampionRecord, Publication, Work
 from retrainer.registry import ModelRegistry
+from retrainer.settings import TrainingConfig
 
 
+@functools.cache
 def code_version() -> str:
-    """The image's RETRAINER_GIT_COMMIT, else the checkout's HEAD, else "unknown"."""
+    """The image's RETRAINER_GIT_COMMIT, else the checkout's HEAD, else "unknown" (read once)."""
     if commit := os.environ.get("RETRAINER_GIT_COMMIT"):
         return commit
     try:
@@ -34,25 +36,34 @@ def code_version() -> str:
     return answer.stdout.strip()
 
 
-def work_key(data_fingerprint: str, parameters: dict[str, Any]) -> str:
-    identity = {"data": data_fingerprint, "parameters": parameters, "code": code_version()}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+def identify_work(data_fingerprint: str, config: TrainingConfig) -> Work:
+    """The work of training `config` on this data with this code, and its key."""
+    code = code_version()
+    identity = {
+        "data": data_fingerprint,
+        "parameters": config.model_dump(mode="json"),
+        "code": code,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return Work(key=key, data_fingerprint=data_fingerprint, config=config, code_version=code)
 
 
 def skip_if_unchanged(
-    registry: ModelRegistry, champion: ChampionRecord | None, key: str
+    registry: ModelRegistry, champion: ChampionRecord | None, work: Work
 ) -> Publication | None:
     """A "skipped" outcome when this very work made the champion or was rejected, else None.
 
     Training the same data with the same parameters and code again would give the same outcome:
     a rejected work is not retrained every night on the GPU.
     """
-    if champion is not None and champion.work_key == key:
+    if champion is not None and champion.work_key == work.key:
         message = (
             f"nothing changed since champion {champion.version} (same data, parameters and "
             "code): training skipped; pass force to retrain anyway"
         )
-    elif (record := registry.read_work_record(key)) is not None and record.status == "rejected":
+    elif (
+        record := registry.read_work_record(work.key)
+    ) is not None and record.status == "rejected":
         message = (
             f"this exact work (same data, parameters and code) was trained on "
             f"{record.finished_at:%Y-%m-%d} as version {record.version} and {record.reason}: "

@@ -147,12 +147,12 @@ def decide(
     champion_version: str | None,
     champion_etag: str | None,
     champion_note: str = "",
-    stopped_reason: str | None = None,
+    diverged: str | None = None,
     tests: dict[str, PairedTest] | None = None,
     candidate_validation: ModelScores | None = None,
     test_images: int = 0,
 ) -> GateDecision:
-    """Pass only if training finished cleanly and every check holds."""
+    """Pass only if training did not diverge and every check holds."""
     tests = tests or {}
     too_small = (
         champion is not None
@@ -179,8 +179,8 @@ def decide(
 
     failed = [check for check in checks if not check.passed]
     keep_champion = too_small and gate.when_too_small == "keep_champion"
-    if stopped_reason:
-        reason = f"rejected: {stopped_reason}"
+    if diverged:
+        reason = f"rejected: {diverged}"
     elif keep_champion:
         reason = (
             f"rejected: {significance}: the champion is kept (add images, raise "
@@ -196,7 +196,7 @@ def decide(
         if too_small:
             reason += f"; {significance}: judged by the plain thresholds"
     return GateDecision(
-        passed=not failed and not stopped_reason and not keep_champion,
+        passed=not failed and not diverged and not keep_champion,
         reason=reason,
         checks=checks,
         candidate=candidate,

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from retrainer import Log
-from retrainer.freshness import code_version, work_key
+from retrainer.checkpoints import CheckpointMirror
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import (
     Batches,
@@ -23,6 +23,7 @@ from retrainer.records import (
     Manifest,
     Publication,
     TrainedModel,
+    Work,
     WorkRecord,
 )
 from retrainer.registry import ModelRegistry, PromotionConflict, version_id
@@ -30,7 +31,16 @@ from retrainer.storage import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
+PLOTS = ("training_curves.png", "confusion_matrix.png")
 PACKAGES = ("retrainer", "tensorflow", "keras", "numpy", "prefect", "boto3")
+
+
+@dataclass(frozen=True)
+class Published:
+    """How publishing ended, and the plots it wrote (local files, for the run report)."""
+
+    publication: Publication
+    plots: dict[str, Path]
 
 
 def package_versions() -> dict[str, str]:
@@ -46,8 +56,8 @@ def package_versions() -> dict[str, str]:
 def build_manifest(
     files: dict[str, Path],
     batches: Batches,
+    work: Work,
     trained: TrainedModel,
-    parameters: dict[str, Any],
     run_id: str,
 ) -> Manifest:
     return Manifest(
@@ -59,13 +69,14 @@ def build_manifest(
         class_names=batches.class_names,
         train_images=batches.train_count,
         validation_images=batches.validation_count,
-        parameters=parameters,
+        test_images=batches.test_count,
+        parameters=work.config.model_dump(mode="json"),
         device=trained.device,
         started_from=trained.started_from,
         resumed_from_epoch=trained.resumed_from_epoch,
         epochs_run=trained.epochs_run,
-        git_commit=code_version(),
-        work_key=work_key(batches.data_fingerprint, parameters),
+        git_commit=work.code_version,
+        work_key=work.key,
         packages=package_versions(),
         run_id=run_id,
         started_at=trained.started_at,
@@ -78,11 +89,16 @@ def publish_version(
     batches: Batches,
     trained: TrainedModel,
     decision: GateDecision,
-    parameters: dict[str, Any],
+    work: Work,
+    checkpoints: CheckpointMirror,
     run_id: str,
     log: Log = logger,
-) -> Publication:
-    """Upload model, history, metrics, decision and manifest; promote if the gate passed."""
+) -> Published:
+    """Upload model, history, metrics, decision and manifest; promote if the gate passed.
+
+    The work is then finished, whatever the gate said: its record is written (so a rejected work
+    is not trained again) and its checkpoints are removed.
+    """
     version = version_id(trained.finished_at, run_id)
     # The run's own folder holds everything uploaded, so the report can show the pictures.
     folder = trained.model_path.parent
@@ -112,7 +128,7 @@ def publish_version(
             files[path.relative_to(folder).as_posix()] = path
     for name, path in files.items():
         registry.store.upload(registry.file_key(version, name), path)
-    manifest = build_manifest(files, batches, trained, parameters, run_id)
+    manifest = build_manifest(files, batches, work, trained, run_id)
     registry.store.put(
         registry.file_key(version, "manifest.json"), manifest.model_dump_json(indent=2).encode()
     )
@@ -142,7 +158,9 @@ def publish_version(
             finished_at=manifest.finished_at,
         )
     )
-    return outcome
+    checkpoints.clear()
+    plots = {name: path for name, path in files.items() if name in PLOTS}
+    return Published(publication=outcome, plots=plots)
 
 
 def promote_if_passed(

@@ -12,17 +12,31 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from retrainer.settings import TrainingConfig
+
 
 class DataSnapshot(BaseModel):
     """The data as fetched into the local cache."""
 
     source_url: str
-    cache_dir: Path
+    cache_dir: Path = Field(description="the local copy, on this worker")
     fingerprint: str = Field(description="sha256 over every object's key, ETag and size")
     file_count: int
     downloaded: int
     deleted: int
     refused: list[str] = Field(default_factory=list, description="keys that would leave the cache")
+
+
+class Work(BaseModel):
+    """One training job's identity: the same data, configuration and code give the same key.
+
+    Computed once per run; the skip check, the checkpoints and the manifest all use it.
+    """
+
+    key: str
+    data_fingerprint: str
+    config: TrainingConfig
+    code_version: str
 
 
 class QuarantinedFile(BaseModel):
@@ -75,6 +89,8 @@ class Batches(BaseModel):
 
 
 class TrainedModel(BaseModel):
+    """The candidate, in this run's local folder (on this worker) until it is published."""
+
     model_path: Path
     history_path: Path
     tensorboard_dir: Path
@@ -84,7 +100,12 @@ class TrainedModel(BaseModel):
     epochs_run: int
     started_at: datetime
     finished_at: datetime
-    stopped_reason: str | None = Field(None, description="why training ended early, if it did")
+    diverged: str | None = Field(
+        None, description="why training diverged (a NaN loss): such a model is never promoted"
+    )
+    stopped_early: bool = Field(
+        False, description="early stopping ended it; the best epoch's weights were kept"
+    )
 
 
 class ModelScores(BaseModel):
@@ -188,6 +209,7 @@ class Manifest(BaseModel):
     class_names: list[str]
     train_images: int
     validation_images: int
+    test_images: int = Field(0, description="0 for versions from before the test split")
     parameters: dict[str, Any]
     device: str
     started_from: str

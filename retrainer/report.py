@@ -20,6 +20,10 @@ def artifact_key(model_name: str) -> str:
     return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
 
 
+def skipped_report(skipped: Publication) -> str:
+    return f"# Retrain of `{skipped.model_name}`: skipped\n\n{skipped.message}"
+
+
 def _format(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -108,7 +112,8 @@ def run_report(
         "## Training",
         "",
         f"{trained.device}; {trained.epochs_run} epochs"
-        + (f"; stopped early: {trained.stopped_reason}" if trained.stopped_reason else ""),
+        + ("; stopped early (the best epoch's weights kept)" if trained.stopped_early else "")
+        + (f"; diverged: {trained.diverged}" if trained.diverged else ""),
         "",
         f"## Files in `{publication.version_url}`",
         "",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -20,20 +20,6 @@ from retrainer.cache import LocalCache
 from retrainer.errors import SettingsError
 
 ENV_PREFIX = "RETRAINER_"
-TRAINING_PARAMETERS = {
-    "epochs",
-    "batch_size",
-    "image_size",
-    "learning_rate",
-    "validation_fraction",
-    "test_fraction",
-    "seed",
-    "model_factory",
-    "warm_start",
-    "mixed_precision",
-    "xla",
-    "early_stopping_patience",
-}
 DEMO_DATASET_KEY = "datasets/digits"
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -132,7 +118,60 @@ class GateSettings(BaseModel):
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss}
 
 
-class Settings(BaseSettings):
+class TrainingConfig(BaseModel):
+    """Everything that shapes a trained model, and nothing else.
+
+    These are settings (Settings inherits every field) and, all of them, part of the work key: a
+    field added here changes the key with no list to keep, so a changed setting is never taken
+    for "nothing changed".
+    """
+
+    epochs: int = Field(10, ge=1, le=1000, description="Training epochs.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per training batch.")
+    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    validation_fraction: float = Field(
+        0.15,
+        gt=0.0,
+        lt=1.0,
+        description="Share of images for validation: early stopping and checkpoint choice.",
+    )
+    test_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of images for the test split, seen by the gate only.",
+    )
+    seed: int = Field(42, ge=0, description="Random seed, for repeatable runs.")
+    model_factory: str = Field(
+        "retrainer.models:build_default_model",
+        description="`module:function` returning a Keras model for (input shape, classes).",
+    )
+    warm_start: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description="Start from the champion's weights: auto (when its classes and input shape "
+        "match), never, or always (fail when impossible).",
+    )
+    mixed_precision: Literal["auto", "on", "off"] = Field(
+        "auto", description="mixed_float16 training; auto: only on GPUs of compute capability 7.0+."
+    )
+    xla: bool = Field(False, description="Compile the training step with XLA.")
+    early_stopping_patience: int = Field(
+        5, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
+    )
+
+    @model_validator(mode="after")
+    def _some_images_train(self) -> TrainingConfig:
+        if self.validation_fraction + self.test_fraction > 0.9:
+            raise ValueError(
+                "RETRAINER_VALIDATION_FRACTION + RETRAINER_TEST_FRACTION must leave at least 10% "
+                f"of the images for training (got {self.validation_fraction} + "
+                f"{self.test_fraction})"
+            )
+        return self
+
+
+class Settings(TrainingConfig, BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
@@ -153,42 +192,9 @@ class Settings(BaseSettings):
         Path("./.retrainer/cache"), description="Local folder for fetched data and work files."
     )
     model_name: str = Field("demo", description="Name the model is published under.")
-    epochs: int = Field(10, ge=1, le=1000, description="Training epochs.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Images per training batch.")
-    image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
-    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
-    validation_fraction: float = Field(
-        0.15,
-        gt=0.0,
-        lt=1.0,
-        description="Share of images for validation: early stopping and checkpoint choice.",
-    )
-    test_fraction: float = Field(
-        0.2,
-        gt=0.0,
-        lt=1.0,
-        description="Share of images for the test split, seen by the gate only.",
-    )
-    seed: int = Field(42, ge=0, description="Random seed, for repeatable runs.")
-    model_factory: str = Field(
-        "retrainer.training:build_default_model",
-        description="`module:function` returning a Keras model for (input shape, classes).",
-    )
     min_images_per_class: int = Field(5, ge=1, description="Fewer images in a class stop the run.")
     max_quarantined_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of unusable files above which the run stops."
-    )
-    warm_start: Literal["auto", "never", "always"] = Field(
-        "auto",
-        description="Start from the champion's weights: auto (when its classes and input shape "
-        "match), never, or always (fail when impossible).",
-    )
-    mixed_precision: Literal["auto", "on", "off"] = Field(
-        "auto", description="mixed_float16 training; auto: only on GPUs of compute capability 7.0+."
-    )
-    xla: bool = Field(False, description="Compile the training step with XLA.")
-    early_stopping_patience: int = Field(
-        5, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
     )
     on_class_change: Literal["fail", "retrain"] = Field(
         "fail",
@@ -196,6 +202,11 @@ class Settings(BaseSettings):
     )
     cache_decoded: bool = Field(
         True, description="Keep decoded images in a file cache after the first epoch."
+    )
+    tensorflow_logs: bool = Field(
+        False,
+        description="Show TensorFlow's own start-up lines (CUDA probing, oneDNN notices); read "
+        "when the process starts.",
     )
     lease_seconds: int = Field(
         300,
@@ -217,16 +228,6 @@ class Settings(BaseSettings):
         return check_model_name(value)
 
     @model_validator(mode="after")
-    def _some_images_train(self) -> Settings:
-        if self.validation_fraction + self.test_fraction > 0.9:
-            raise ValueError(
-                "RETRAINER_VALIDATION_FRACTION + RETRAINER_TEST_FRACTION must leave at least 10% "
-                f"of the images for training (got {self.validation_fraction} + "
-                f"{self.test_fraction})"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _default_data_url(self) -> Settings:
         if self.data_url is None:
             self.data_url = join_url(self.store_url, DEMO_DATASET_KEY)
@@ -241,9 +242,11 @@ class Settings(BaseSettings):
         assert self.data_url is not None  # filled in by _default_data_url
         return self.data_url
 
-    def training_parameters(self) -> dict[str, Any]:
+    def training_config(self) -> TrainingConfig:
         """Everything that shapes the trained model; part of the work key and the manifest."""
-        return self.model_dump(mode="json", include=TRAINING_PARAMETERS)
+        return TrainingConfig.model_validate(
+            self.model_dump(include=set(TrainingConfig.model_fields))
+        )
 
     def with_parameters(self, parameters: RetrainParameters) -> Settings:
         """These settings, with every parameter a run was given in their place."""
@@ -282,15 +285,21 @@ class RetrainParameters(BaseModel):
         return None if value is None else check_model_name(value)
 
 
-def describe_validation_error(error: ValidationError, prefix: str = ENV_PREFIX) -> str:
-    """One line per bad value, naming the environment variable a user sets to fix it."""
+def describe_validation_error(
+    error: ValidationError, style: Literal["variable", "option"] = "variable"
+) -> str:
+    """One line per bad value, naming what a user sets to fix it, as they type it: the
+    environment variable (RETRAINER_GATE__ACCURACY__THRESHOLD) or the option (--batch-size)."""
     lines = []
     for problem in error.errors():
         message = str(problem["msg"]).removeprefix("Value error, ")
         if not problem["loc"]:  # a rule across settings: its message names them
             lines.append(message)
             continue
-        name = prefix + "__".join(str(part).upper() for part in problem["loc"])
+        if style == "option":
+            name = "--" + "-".join(str(part).replace("_", "-") for part in problem["loc"])
+        else:
+            name = ENV_PREFIX + "__".join(str(part).upper() for part in problem["loc"])
         given = problem.get("input")
         suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
         lines.append(f"{name}: {message}{suffix}")

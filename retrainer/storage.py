@@ -291,6 +291,8 @@ class LocalStore(ObjectStore):
 class S3Store(ObjectStore):
     """An S3 bucket prefix through boto3; any S3-compatible store via AWS_ENDPOINT_URL."""
 
+    list_page_size = 1000  # keys per LIST request: S3's maximum
+
     def __init__(self, bucket: str, prefix: str = "", client: Any = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -325,7 +327,12 @@ class S3Store(ObjectStore):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+        pages = paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=self.prefix + prefix,
+            PaginationConfig={"PageSize": self.list_page_size},
+        )
+        for page in pages:
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"][len(self.prefix) :],

@@ -9,6 +9,7 @@ from retrainer.records import DataSnapshot
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
+from tasks.runtime import progress_reporter
 
 
 @task(
@@ -19,7 +20,12 @@ from tasks.retries import retry_unless_bad_input
 )
 def fetch(settings: Settings) -> DataSnapshot:
     log = get_run_logger()
-    snapshot = fetch_data(open_store(settings.resolved_data_url), settings.cache_dir, log)
+    snapshot = fetch_data(
+        open_store(settings.resolved_data_url),
+        settings.cache_dir,
+        log,
+        progress_reporter("Downloading the data"),
+    )
     log.info(
         "Data %s: %d files, fingerprint %s (%d downloaded, %d removed)",
         snapshot.source_url,

@@ -1,17 +1,24 @@
-"""The freshness task: skip training when the champion came from exactly this work."""
+"""The freshness tasks: name this run's work, and say when it was already done."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from retrainer.freshness import skip_if_unchanged, work_key
-from retrainer.records import ChampionRecord, DataSnapshot, Publication
+from retrainer.freshness import identify_work, skip_if_unchanged
+from retrainer.records import ChampionRecord, DataSnapshot, Publication, Work
 from retrainer.registry import ModelRegistry
-from retrainer.report import artifact_key
+from retrainer.report import artifact_key, skipped_report
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
+
+
+@task(name="identify work")
+def identify(snapshot: DataSnapshot, settings: Settings) -> Work:
+    work = identify_work(snapshot.fingerprint, settings.training_config())
+    get_run_logger().info("Work %s (code %s)", work.key[:12], work.code_version[:12])
+    return work
 
 
 @task(
@@ -21,21 +28,21 @@ from tasks.retries import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
 )
 def check_for_changes(
-    snapshot: DataSnapshot, champion: ChampionRecord | None, settings: Settings, force: bool
+    work: Work, champion: ChampionRecord | None, settings: Settings
 ) -> Publication | None:
+    """The "skipped" outcome when this work was already done (promoted or rejected), else None."""
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
-    skipped = skip_if_unchanged(
-        registry, champion, work_key(snapshot.fingerprint, settings.training_parameters())
+    done = skip_if_unchanged(registry, champion, work)
+    if done:
+        get_run_logger().info("Already done: %s", done.message)
+    return done
+
+
+@task(name="report skipped run")
+def report_skipped(skipped: Publication) -> Publication:
+    create_markdown_artifact(
+        markdown=skipped_report(skipped),
+        key=artifact_key(skipped.model_name),
+        description=skipped.message,
     )
-    log = get_run_logger()
-    if skipped and force:
-        log.info("Nothing changed since the champion, but force is set: training anyway")
-        return None
-    if skipped:
-        log.info("Skipped: %s", skipped.message)
-        create_markdown_artifact(
-            markdown=f"# Retrain of `{settings.model_name}`: skipped\n\n{skipped.message}",
-            key=artifact_key(settings.model_name),
-            description=skipped.message,
-        )
     return skipped

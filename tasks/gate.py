@@ -9,6 +9,7 @@ from retrainer.records import Batches, ChampionRecord, GateDecision, TrainedMode
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
+from retrainer.tensorflow_runtime import start_tensorflow
 from tasks.retries import retry_unless_bad_input
 
 
@@ -22,6 +23,7 @@ def gate(
     batches: Batches, trained: TrainedModel, champion: ChampionRecord | None, settings: Settings
 ) -> GateDecision:
     # Keras is imported here, as in the train task: a run that never trains need not load it.
+    start_tensorflow()
     from retrainer.evaluation import evaluate
 
     log = get_run_logger()
@@ -43,7 +45,7 @@ def gate(
         champion_version=champion.version if champion else None,
         champion_etag=champion.etag if champion else None,
         champion_note=evaluation.note,
-        stopped_reason=trained.stopped_reason,
+        diverged=trained.diverged,
         tests=evaluation.tests,
         candidate_validation=evaluation.candidate_validation,
         test_images=evaluation.test_images,

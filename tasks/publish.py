@@ -9,9 +9,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from retrainer.checkpoints import checkpoint_mirror
-from retrainer.freshness import work_key
+from retrainer.events import model_event, model_resource
 from retrainer.publishing import publish_version
-from retrainer.records import Batches, GateDecision, Publication, TrainedModel, ValidatedData
+from retrainer.records import (
+    Batches,
+    GateDecision,
+    Publication,
+    TrainedModel,
+    ValidatedData,
+    Work,
+)
 from retrainer.registry import ModelRegistry
 from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
@@ -29,36 +36,29 @@ from tasks.runtime import current_run_id
 def publish(
     data: ValidatedData,
     batches: Batches,
+    work: Work,
     trained: TrainedModel,
     decision: GateDecision,
     settings: Settings,
 ) -> Publication:
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
-    publication = publish_version(
+    published = publish_version(
         registry,
         batches,
         trained,
         decision,
-        settings.training_parameters(),
+        work,
+        checkpoint_mirror(registry.store, settings.cache_dir, settings.model_name, work.key),
         run_id=current_run_id(),
         log=get_run_logger(),
     )
-    # The work is finished, whatever the gate said: its checkpoints are no longer needed.
-    key = work_key(batches.data_fingerprint, settings.training_parameters())
-    checkpoint_mirror(registry.store, settings.cache_dir, settings.model_name, key).clear()
-    images = {
-        name: (trained.model_path.parent / name).read_bytes()
-        for name in publication.files
-        if name.endswith(".png")
-    }
+    publication = published.publication
     emit_event(
-        event=f"retrainer.model.{publication.status}",
-        resource={
-            "prefect.resource.id": f"retrainer.model.{settings.model_name}",
-            "prefect.resource.name": settings.model_name,
-        },
+        event=model_event(publication.status),
+        resource=model_resource(settings.model_name),
         payload={"version": publication.version, "message": publication.message},
     )
+    images = {name: path.read_bytes() for name, path in published.plots.items()}
     create_markdown_artifact(
         markdown=run_report(data, batches, trained, decision, publication, images),
         key=artifact_key(settings.model_name),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 import boto3
 import pytest
 
-from retrainer.cli import main
-from tests.conftest import digit_images, start_moto_server, write_files
+from retrainer.cli import build_parser, main
+from retrainer.registry import ModelRegistry
+from retrainer.settings import RetrainParameters
+from retrainer.storage import LocalStore
+from tests.conftest import digit_images, publish_stub_version, start_moto_server, write_files
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -36,7 +41,7 @@ def test_epochs_zero_is_refused_before_anything_is_written(
 def test_bad_command_line_value_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "run", "--epochs", "0")
     assert code == 2
-    assert_one_line_error(err, "--EPOCHS")
+    assert_one_line_error(err, "--epochs")
 
 
 def test_unknown_url_scheme(
@@ -119,3 +124,59 @@ def test_a_data_folder_that_is_not_there_is_named(
     assert_one_line_error(err, "RETRAINER_DATA_URL")
     assert "imagse does not exist" in err
     assert list(isolated_settings.iterdir()) == []
+
+
+def test_every_command_has_its_own_handler() -> None:
+    parser = build_parser()
+    commands = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    handlers = {name: sub.get_default("handler") for name, sub in commands.choices.items()}
+    assert all(handlers.values()), handlers
+    assert len(set(handlers.values())) == len(handlers)
+
+
+def test_run_options_come_from_the_run_parameters_with_their_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for name, field in RetrainParameters.model_fields.items():
+        assert "--" + name.replace("_", "-") in out
+        assert str(field.description).split()[0] in out
+    assert "Training epochs. (>= 1, <= 1000)" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("retrainer 0.1.0")
+
+
+def test_models_as_a_table_and_as_json(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path
+) -> None:
+    registry = ModelRegistry(LocalStore(isolated_settings / ".retrainer/store"), "demo")
+    for version, accuracy in (("20261101T020000Z-aaaaaa", 0.9), ("20261102T020000Z-bbbbbb", 0.8)):
+        publish_stub_version(registry, version, {"model.keras": b"w"}, ["a", "b"])
+        registry.store.put(
+            registry.file_key(version, "metrics.json"),
+            json.dumps({"test_accuracy": accuracy, "test_loss": 0.3}).encode(),
+        )
+    registry.store.put(
+        registry.file_key("20261102T020000Z-bbbbbb", "decision.json"),
+        b'{"passed": false, "reason": "rejected: test_accuracy 0.8000 < 0.8500"}',
+    )
+    registry.promote("20261101T020000Z-aaaaaa", "run", "passed", None)
+
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[-2].startswith("* 20261101T020000Z-aaaaaa") and lines[-2].endswith("champion")
+    assert "0.9000" in lines[-2] and "rejected: test_accuracy 0.8000 < 0.8500" in lines[-1]
+
+    code, out, _ = run_cli(capsys, "models", "--json")
+    listed = json.loads(out)
+    assert [entry["is_champion"] for entry in listed] == [True, False]
+    assert listed[1]["metrics"]["test_accuracy"] == 0.8

@@ -37,11 +37,13 @@ def cached_files(snapshot: DataSnapshot) -> set[str]:
     }
 
 
-def test_fetch_pages_past_1000_keys(bucket: str, tmp_path: Path) -> None:
-    files = {f"class{index % 2}/{index:05d}.txt": b"x" for index in range(1100)}
+def test_fetch_reads_every_page_of_the_listing(bucket: str, tmp_path: Path) -> None:
+    files = {f"class{index % 2}/{index:05d}.txt": b"x" for index in range(250)}
     put_all(bucket, "many", files)
-    snapshot = fetch_data(S3Store(bucket, "many"), tmp_path / "cache")
-    assert snapshot.file_count == snapshot.downloaded == 1100
+    store = S3Store(bucket, "many")
+    store.list_page_size = 100  # three pages, as 1,000 keys a page would give with 2,500 objects
+    snapshot = fetch_data(store, tmp_path / "cache")
+    assert snapshot.file_count == snapshot.downloaded == 250
     assert cached_files(snapshot) == set(files)
 
 

@@ -18,11 +18,11 @@ from retrainer.evaluation import (
     score_predictions,
 )
 from retrainer.fetching import fetch_data
+from retrainer.models import build_default_model
 from retrainer.records import Batches
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings
 from retrainer.storage import LocalStore
-from retrainer.training import build_default_model
 from retrainer.validation import validate_data
 from tests.conftest import digit_images, publish_stub_version, write_files
 

@@ -269,3 +269,33 @@ def test_an_early_stopped_candidate_is_gated_on_images_early_stopping_never_saw(
     assert not set(test_images) & set(seen_by_early_stopping)
     assert decision["test_images"] == len(test_images)
     assert decision["candidate_validation"] is not None  # reported beside the test figure
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_new_classes_with_on_class_change_retrain_train_a_new_model_judged_by_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "images", DATA)))
+    first = retrain()
+    assert first.promoted
+
+    other = {f"9/{key[2:]}": data for key, data in digit_images(10, 60).items() if key[0] == "9"}
+    three_to_nine = {key: data for key, data in DATA.items() if not key.startswith("2/")} | other
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "new", three_to_nine)))
+    refused = retrain(return_state=True)
+    assert refused.is_failed()
+    assert "RETRAINER_ON_CLASS_CHANGE=retrain" in str(refused.message)
+
+    monkeypatch.setenv("RETRAINER_ON_CLASS_CHANGE", "retrain")
+    second = retrain()
+
+    store = LocalStore(tmp_path / "store")
+    decision = json.loads(store.get(f"models/demo/versions/{second.version}/decision.json"))
+    assert "was trained on classes ['0', '1', '2']" in decision["champion_note"]
+    assert "decided by the absolute thresholds alone" in decision["champion_note"]
+    assert decision["champion"] is None and decision["paired_tests"] == []
+    manifest = json.loads(store.get(f"models/demo/versions/{second.version}/manifest.json"))
+    assert manifest["class_names"] == ["0", "1", "9"]
+    assert manifest["started_from"].startswith("a fresh model")

@@ -97,7 +97,7 @@ def test_nan_training_is_rejected_with_its_reason() -> None:
         GateSettings(),
         None,
         None,
-        stopped_reason="the training loss became NaN in epoch 2",
+        diverged="the training loss became NaN in epoch 2",
     )
     assert not decision.passed
     assert decision.reason == "rejected: the training loss became NaN in epoch 2"

@@ -22,7 +22,8 @@ from flows.notifications import FAILED_AUTOMATION, REJECTED_AUTOMATION
 from retrainer.cli import main
 from tests.conftest import free_port
 
-pytestmark = pytest.mark.usefixtures("prefect_api")
+# Every test here needs a Prefect API server (about 30 s to start): the slow lane.
+pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 

@@ -116,7 +116,7 @@ def test_cli_promote_override_and_rollback(
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "v2" in out and "CHAMPION" in out
+    assert "* v2 " in out and out.rstrip().endswith("champion")
 
     assert main(["rollback", "--reason", "regression"]) == 0
     champion, _ = registry.read_champion()
@@ -206,3 +206,25 @@ def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
         "v1/history.json: missing",
         "v1/model.keras: sha256 differs from the manifest's",
     ]
+
+
+def test_warm_start_always_fails_when_there_is_nothing_to_start_from(tmp_path: Path) -> None:
+    from retrainer.errors import SettingsError
+    from retrainer.models import find_warm_start
+    from retrainer.records import Batches, ChampionRecord
+
+    batches = Batches.model_construct(class_names=["a", "b"])
+    registry = ModelRegistry(LocalStore(tmp_path), "m")
+    with pytest.raises(SettingsError, match="RETRAINER_WARM_START=always, but there is no champ"):
+        find_warm_start(registry, None, batches, "always", tmp_path / "models")
+    other_classes = ChampionRecord(
+        version="v1",
+        etag="e",
+        class_names=["cat", "dog"],
+        work_key="k",
+        model_key="models/m/versions/v1/model.keras",
+        model_sha256="0" * 64,
+    )
+    with pytest.raises(SettingsError, match="champion v1 was trained on other classes"):
+        find_warm_start(registry, other_classes, batches, "always", tmp_path / "models")
+    assert find_warm_start(registry, other_classes, batches, "auto", tmp_path / "m")[0] is None

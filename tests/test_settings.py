@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from retrainer.errors import SettingsError
-from retrainer.settings import RetrainParameters, load_settings
+from retrainer.freshness import identify_work
+from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
 
 
 def test_defaults_point_the_data_at_the_demo_dataset_in_the_store() -> None:
@@ -76,3 +77,38 @@ def test_parameters_reject_bad_values() -> None:
         RetrainParameters(epochs=0)
     with pytest.raises(ValueError, match="greater than 0"):
         RetrainParameters(learning_rate=-0.1)
+
+
+def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
+    class WithAugmentation(TrainingConfig):
+        augmentation: bool = False  # a setting added later, with no list to update
+
+    base = identify_work("fingerprint", WithAugmentation())
+    assert identify_work("fingerprint", WithAugmentation(augmentation=True)).key != base.key
+    changed = {
+        "epochs": 11,
+        "batch_size": 64,
+        "image_size": 48,
+        "learning_rate": 0.01,
+        "validation_fraction": 0.25,
+        "test_fraction": 0.25,
+        "seed": 7,
+        "model_factory": "tests.user_models:tiny_cnn",
+        "warm_start": "never",
+        "mixed_precision": "on",
+        "xla": True,
+        "early_stopping_patience": 2,
+    }
+    assert set(changed) == set(TrainingConfig.model_fields)
+    for name, value in changed.items():
+        other = identify_work("fingerprint", WithAugmentation(**{name: value}))
+        assert other.key != base.key, name
+    assert identify_work("other data", WithAugmentation()).key != base.key
+
+
+def test_the_training_config_is_read_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAINER_EPOCHS", "3")
+    monkeypatch.setenv("RETRAINER_TEST_FRACTION", "0.3")
+    config = load_settings().training_config()
+    assert (config.epochs, config.test_fraction) == (3, 0.3)
+    assert type(config) is TrainingConfig

@@ -19,9 +19,9 @@ import pytest
 
 from flows.retrain import retrain
 from retrainer.checkpoints import CheckpointMirror
+from retrainer.devices import plan_devices
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
-from retrainer.training import plan_devices
 from tests.conftest import digit_images, write_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -49,7 +49,6 @@ def test_device_plan_from_the_gpu_list(
 ) -> None:
     plan = plan_devices(capabilities, setting)
     assert (plan.kind, plan.devices, plan.precision) == (kind, devices, precision)
-    assert plan.replicas == (len(devices) if kind == "multi-gpu" else 1)
     if kind == "cpu":
         assert plan.description.startswith("No GPU found: training on the CPU")
 
@@ -73,7 +72,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
     from retrainer.fetching import fetch_data
     from retrainer.settings import load_settings
     from retrainer.storage import LocalStore
-    from retrainer.training import DevicePlan, train_model
+    from retrainer.devices import DevicePlan
+    from retrainer.training import train_model
     from retrainer.validation import validate_data
 
     work = Path(sys.argv[1])
@@ -83,7 +83,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     batches = split_data(data, work / "w", 16, 8, 0.15, 0.2)
     plan = DevicePlan("multi-gpu", ("/cpu:0", "/cpu:1"), "float32", "2 replicas")
     mirror = checkpoint_mirror(LocalStore(work / "store"), work / "cache", "m", "k" * 32)
-    trained = train_model(batches, settings, work / "out", mirror, plan=plan)
+    trained = train_model(batches, settings.training_config(), work / "out", mirror, plan=plan)
     print("EPOCHS", trained.epochs_run)
     """
 )
@@ -101,7 +101,8 @@ def test_mirrored_strategy_trains_on_two_replicas(tmp_path: Path) -> None:
     )
     assert answer.returncode == 0, answer.stderr[-3000:]
     assert "EPOCHS 2" in answer.stdout
-    assert "batch size 16" in answer.stderr  # 8 per replica, 2 replicas
+    # The replica count is the strategy's own, as fit ran under it, not the plan's arithmetic.
+    assert "batch size 16 (8 per replica on 2 replica(s))" in answer.stderr
 
 
 @pytest.fixture
@@ -205,6 +206,24 @@ def run_until_checkpoint(env: dict[str, str], epoch: int) -> str:
     return "".join(seen)
 
 
+def killable_run_env(
+    bucket: str, tmp_path: Path, prefect_api_url: str, epochs: int
+) -> dict[str, str]:
+    """The environment of a `retrainer run` subprocess on 1,200 digits, long enough to kill."""
+    data = write_files(tmp_path / "images", digit_images(classes=10, per_class=120))
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPOSITORY),
+        "PREFECT_API_URL": prefect_api_url,
+        "RETRAINER_STORE_URL": f"s3://{bucket}/registry",
+        "RETRAINER_DATA_URL": str(data),
+        "RETRAINER_CACHE_DIR": str(tmp_path / "cache"),
+        "RETRAINER_IMAGE_SIZE": "48",
+        "RETRAINER_EPOCHS": str(epochs),
+        "RETRAINER_GATE__ACCURACY__THRESHOLD": "0.0",
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lose_local_checkpoint", [False, True])
 def test_sigkill_mid_training_resumes_at_the_next_epoch(
@@ -213,18 +232,8 @@ def test_sigkill_mid_training_resumes_at_the_next_epoch(
     tmp_path: Path,
     prefect_api_url: str,
 ) -> None:
-    data = write_files(tmp_path / "images", digit_images(classes=10, per_class=120))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPOSITORY),
-        "PREFECT_API_URL": prefect_api_url,
-        "RETRAINER_STORE_URL": f"s3://{bucket}/registry",
-        "RETRAINER_DATA_URL": str(data),
-        "RETRAINER_CACHE_DIR": str(tmp_path / "cache"),
-        "RETRAINER_IMAGE_SIZE": "48",
-        "RETRAINER_EPOCHS": "5",
-        "RETRAINER_GATE__ACCURACY__THRESHOLD": "0.0",
-    }
+    env = killable_run_env(bucket, tmp_path, prefect_api_url, epochs=5)
+    env["PREFECT_LOGGING_LEVEL"] = "DEBUG"  # every checkpoint line, not only the first
     run_until_checkpoint(env, epoch=2)
     checkpoints = tmp_path / "cache" / "checkpoints"
     assert any(checkpoints.rglob("latest.weights.h5"))
@@ -294,19 +303,8 @@ def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
 ) -> None:
     seed = int(os.environ.get("RETRAINER_KILL_SEED", random.randrange(1 << 30)))
     chance = random.Random(seed)
-    data = write_files(tmp_path / "images", digit_images(classes=10, per_class=120))
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPOSITORY),
-        "PREFECT_API_URL": prefect_api_url,
-        "RETRAINER_STORE_URL": f"s3://{bucket}/registry",
-        "RETRAINER_DATA_URL": str(data),
-        "RETRAINER_CACHE_DIR": str(tmp_path / "cache"),
-        "RETRAINER_IMAGE_SIZE": "48",
-        "RETRAINER_EPOCHS": "6",
-        "RETRAINER_EARLY_STOPPING_PATIENCE": "0",
-        "RETRAINER_GATE__ACCURACY__THRESHOLD": "0.0",
-    }
+    env = killable_run_env(bucket, tmp_path, prefect_api_url, epochs=6)
+    env["RETRAINER_EARLY_STOPPING_PATIENCE"] = "0"
     command = [str(Path(sys.executable).parent / "retrainer"), "run"]
     kills = []
     for _ in range(3):

@@ -1,0 +1,76 @@
+"""Devices: where training runs, chosen from the list of GPUs TensorFlow sees.
+
+The plan is made from the device list alone (`plan_devices`), so every choice is testable on a
+machine without GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import tensorflow as tf
+
+from retrainer.tensorflow_runtime import start_tensorflow
+
+MIXED_PRECISION_MIN_CAPABILITY = (7, 0)  # Volta and newer have tensor cores for float16
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where and how training runs; chosen from the device list alone, so testable without GPUs."""
+
+    kind: str  # "cpu", "gpu" or "multi-gpu"
+    devices: tuple[str, ...]
+    precision: str  # "float32" or "mixed_float16"
+    description: str
+
+
+def plan_devices(capabilities: list[tuple[int, int] | None], mixed_precision: str) -> DevicePlan:
+    """`capabilities`: one compute capability per visible GPU (None when unknown)."""
+    if mixed_precision == "on":
+        precision = "mixed_float16"
+    elif mixed_precision == "auto" and capabilities:
+        known = [capability or (0, 0) for capability in capabilities]
+        fast = all(capability >= MIXED_PRECISION_MIN_CAPABILITY for capability in known)
+        precision = "mixed_float16" if fast else "float32"
+    else:
+        precision = "float32"
+    if not capabilities:
+        return DevicePlan(
+            "cpu", ("/CPU:0",), precision, f"No GPU found: training on the CPU ({precision})"
+        )
+    if len(capabilities) == 1:
+        return DevicePlan("gpu", ("/GPU:0",), precision, f"Training on 1 GPU (/GPU:0, {precision})")
+    devices = tuple(f"/GPU:{index}" for index in range(len(capabilities)))
+    return DevicePlan(
+        "multi-gpu",
+        devices,
+        precision,
+        f"Training on {len(devices)} GPUs with MirroredStrategy ({precision})",
+    )
+
+
+def detect_devices(mixed_precision: str) -> DevicePlan:
+    """The plan for the GPUs TensorFlow can use; without one, TensorFlow's reason, in words."""
+    start_up = start_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    capabilities = []
+    for gpu in gpus:
+        # Without memory growth TensorFlow reserves the whole card at start-up.
+        tf.config.experimental.set_memory_growth(gpu, True)
+        capabilities.append(
+            tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        )
+    plan = plan_devices(capabilities, mixed_precision)
+    if plan.kind == "cpu" and start_up.gpu_messages:
+        said = "; ".join(start_up.gpu_messages)
+        plan = replace(plan, description=f"{plan.description}. TensorFlow said: {said}")
+    return plan
+
+
+def strategy_for(plan: DevicePlan) -> tf.distribute.Strategy:
+    if plan.kind == "multi-gpu":
+        return tf.distribute.MirroredStrategy(list(plan.devices))
+    if plan.kind == "gpu":
+        return tf.distribute.OneDeviceStrategy(plan.devices[0])
+    return tf.distribute.get_strategy()

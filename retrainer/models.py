@@ -1,0 +1,110 @@
+"""Models: the built-in CNN, a user's model factory, and warm start from the champion."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+
+from retrainer import Log
+from retrainer.dataset import CHANNELS
+from retrainer.errors import SettingsError
+from retrainer.records import Batches, ChampionRecord
+from retrainer.registry import ModelRegistry
+from retrainer.settings import TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+def build_default_model(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A small CNN that trains from scratch, offline, in seconds on a CPU."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    for filters in (32, 64):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    # float32 output: softmax in float16 loses the small probabilities the loss needs.
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="classifier"
+    )(x)
+    return keras.Model(inputs, outputs, name="retrainer_cnn")
+
+
+def load_model_factory(spec: str) -> Callable[[tuple[int, int, int], int], keras.Model]:
+    """`package.module:function` -> the function; a clear error if it is not there."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise SettingsError(
+            f"RETRAINER_MODEL_FACTORY: '{spec}' must look like package.module:function"
+        )
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise SettingsError(f"RETRAINER_MODEL_FACTORY: cannot load '{spec}': {error}") from None
+    if not callable(factory):
+        raise SettingsError(f"RETRAINER_MODEL_FACTORY: '{spec}' is not a function")
+    return factory
+
+
+def find_warm_start(
+    registry: ModelRegistry,
+    champion: ChampionRecord | None,
+    batches: Batches,
+    policy: str,
+    models_dir: Path,
+    log: Log = logger,
+) -> tuple[Path | None, str]:
+    """The champion's model file to start from, or None; and what training starts from, in words."""
+    if policy == "never":
+        return None, "a fresh model (warm start is off)"
+    if champion is None:
+        reason = "there is no champion yet"
+    elif champion.class_names != batches.class_names:
+        reason = f"champion {champion.version} was trained on other classes"
+    else:
+        path = registry.download_champion_model(champion, models_dir)
+        log.info("Warm start: training continues from champion %s", champion.version)
+        return path, f"champion {champion.version}"
+    if policy == "always":
+        raise SettingsError(f"RETRAINER_WARM_START=always, but {reason}")
+    log.info("Starting from a fresh model: %s", reason)
+    return None, f"a fresh model ({reason})"
+
+
+def build_model(
+    config: TrainingConfig, batches: Batches, warm_start: Path | None, started_from: str, log: Log
+) -> tuple[keras.Model, str]:
+    """The model to fit, compiled, and what it starts from (the champion may not fit after all)."""
+    input_shape = (batches.image_size, batches.image_size, CHANNELS)
+    if warm_start is not None:
+        model = keras.models.load_model(warm_start, safe_mode=True)
+        if tuple(model.input_shape[1:]) == input_shape:
+            model.compile(
+                optimizer=keras.optimizers.Adam(config.learning_rate),
+                loss=model.loss,
+                metrics=["accuracy"],
+                jit_compile=config.xla,
+            )
+            return model, started_from
+        if config.warm_start == "always":
+            raise SettingsError(
+                f"RETRAINER_WARM_START=always, but the champion takes {model.input_shape[1:]}, "
+                f"not {input_shape}"
+            )
+        log.info("Starting from a fresh model: the champion takes another input shape")
+        started_from = "a fresh model (the champion's input shape differs)"
+    model = load_model_factory(config.model_factory)(input_shape, len(batches.class_names))
+    if not getattr(model, "compiled", False):
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=config.xla,
+        )
+    return model, started_from

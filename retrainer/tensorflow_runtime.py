@@ -1,0 +1,73 @@
+"""TensorFlow, started quietly: a run's output starts with our own lines.
+
+TensorFlow's C++ start-up writes straight to the process's stderr (absl warnings, CUDA probing,
+oneDNN notices), below Python's logging. Its import and first device listing therefore run with
+stderr captured: its start-up lines are kept (the reasons a GPU could not be used go into the
+device line, in words) and anything else written meanwhile is passed through. Set
+RETRAINER_TENSORFLOW_LOGS=true to see everything as TensorFlow writes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+# "I0000 00:00:1795928645.920767   13367 cudart_stub.cc:31] Could not find cuda drivers ..."
+START_UP_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (?P<message>.*)$")
+ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+GPU_WORDS = ("cuda", "cuinit", "gpu", "libcud", "nvidia", "driver")
+
+
+@dataclass(frozen=True)
+class StartUp:
+    gpus: int
+    gpu_messages: tuple[str, ...]  # what TensorFlow said about GPUs, without its log prefixes
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines += capture.read().decode(errors="replace").splitlines()
+
+
+def wants_tensorflow_logs() -> bool:
+    return os.environ.get("RETRAINER_TENSORFLOW_LOGS", "").lower() in ("1", "true", "yes", "on")
+
+
+@functools.cache
+def start_tensorflow() -> StartUp:
+    """Import TensorFlow and list its GPUs, once per process; say what it said about GPUs."""
+    if wants_tensorflow_logs():
+        import tensorflow as tf
+
+        return StartUp(len(tf.config.list_physical_devices("GPU")), ())
+    with _captured_stderr() as lines:
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    gpu_messages = []
+    for line in lines:
+        if match := START_UP_LINE.match(line):
+            message = match["message"]
+            if any(word in message.lower() for word in GPU_WORDS):
+                gpu_messages.append(message)
+        elif not line.startswith(ABSL_PREAMBLE):
+            print(line, file=sys.stderr)  # not TensorFlow's start-up: someone else's output
+    return StartUp(gpus, tuple(dict.fromkeys(gpu_messages)))

@@ -1,0 +1,173 @@
+"""Publishing's outcomes and the run report people read in the Prefect UI."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prefect import flow, task
+
+from retrainer.errors import BadInput
+from retrainer.evaluation import score_predictions
+from retrainer.gating import decide
+from retrainer.publishing import promote_if_passed
+from retrainer.records import (
+    Batches,
+    DataSnapshot,
+    GateDecision,
+    Publication,
+    QuarantinedFile,
+    TrainedModel,
+    ValidatedData,
+)
+from retrainer.registry import ModelRegistry
+from retrainer.report import run_report
+from retrainer.settings import GateSettings
+from retrainer.significance import paired_tests
+from retrainer.storage import LocalStore
+from tasks.retries import retry_unless_bad_input
+from tests.conftest import publish_stub_version
+
+CLASSES = ["cat", "dog"]
+PNG = b"\x89PNG not really"
+
+
+def a_decision(champion_version: str | None = "v1", etag: str | None = None) -> GateDecision:
+    labels = np.arange(100) % 2
+    candidate = np.eye(2)[np.where(np.arange(100) < 95, labels, 1 - labels)] * 0.8 + 0.1
+    champion = np.eye(2)[np.where(np.arange(100) < 85, labels, 1 - labels)] * 0.8 + 0.1
+    return decide(
+        score_predictions(candidate, labels, CLASSES),
+        score_predictions(champion, labels, CLASSES),
+        GateSettings(),
+        champion_version,
+        etag,
+        champion_note="compared with champion v1 on the same test images",
+        tests=paired_tests(candidate, champion, labels, CLASSES, 0.05, 200, seed=0),
+        candidate_validation=score_predictions(candidate, labels, CLASSES),
+        test_images=100,
+    )
+
+
+def unpromoted(version: str) -> Publication:
+    return Publication(
+        status="rejected",
+        model_name="m",
+        version=version,
+        version_url=f"file:///store/models/m/versions/{version}/",
+        files=["model.keras", "training_curves.png", "manifest.json"],
+        champion_version="v1",
+        message=f"version {version} ...; champion unchanged",
+    )
+
+
+def test_a_passing_candidate_whose_champion_moved_meanwhile_ends_in_conflict(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path), "m")
+    for version in ("v1", "v2", "v3"):
+        publish_stub_version(registry, version, {"model.keras": b"w"}, CLASSES)
+    registry.promote("v1", "run-1", "passed", None)
+    _, etag_seen_by_both = registry.read_champion()
+    decision = a_decision("v1", etag_seen_by_both)
+    assert decision.passed
+
+    first = promote_if_passed(registry, unpromoted("v2"), decision, "run-2")
+    second = promote_if_passed(registry, unpromoted("v3"), decision, "run-3")
+
+    assert first.status == "promoted" and first.champion_version == "v2"
+    assert second.status == "conflict"
+    assert second.champion_version == "v2"
+    assert "changed by another run" in second.message and "v3 stays published" in second.message
+
+
+def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> None:
+    decision = a_decision()
+    snapshot = DataSnapshot(
+        source_url="s3://data/pets",
+        cache_dir=Path("/cache"),
+        fingerprint="f" * 64,
+        file_count=203,
+        downloaded=3,
+        deleted=0,
+        refused=["../escape.png"],
+    )
+    data = ValidatedData(
+        snapshot=snapshot,
+        class_names=CLASSES,
+        images_per_class={"cat": 100, "dog": 100},
+        index_path=Path("/cache/index.json"),
+        quarantined=[QuarantinedFile(path="dog/broken.jpg", reason="does not decode")],
+    )
+    batches = Batches(
+        split_path=Path("/cache/split.json"),
+        class_names=CLASSES,
+        image_size=32,
+        batch_size=8,
+        train_count=130,
+        validation_count=30,
+        test_count=40,
+        validation_fraction=0.15,
+        test_fraction=0.2,
+        train_per_class={"cat": 65, "dog": 65},
+        validation_per_class={"cat": 15, "dog": 15},
+        test_per_class={"cat": 20, "dog": 20},
+        data_fingerprint="f" * 64,
+    )
+    now = datetime.now(UTC)
+    trained = TrainedModel(
+        model_path=Path("/run/model.keras"),
+        history_path=Path("/run/history.json"),
+        tensorboard_dir=Path("/run/tensorboard"),
+        device="No GPU found: training on the CPU (float32)",
+        started_from="champion v1",
+        epochs_run=7,
+        started_at=now,
+        finished_at=now,
+        stopped_early=True,
+    )
+    published = unpromoted("v2").model_copy(update={"status": "promoted"})
+
+    report = run_report(data, batches, trained, decision, published, {"curves.png": PNG})
+
+    assert report.startswith("# Retrain of `m`: promoted to champion")
+    assert f"**Decision:** {decision.reason}" in report
+    assert "| accuracy | 0.9500 | 0.9500 | 0.8500 | +0.1000 | McNemar p=" in report
+    assert "| recall[dog] |" in report and "bootstrap CI [" in report
+    assert "130 training, 30 validation and 40 test images" in report
+    assert "- `dog/broken.jpg`: does not decode" in report and "- `../escape.png`" in report
+    assert "stopped early" in report and "training on the CPU" in report
+    encoded = base64.b64encode(PNG).decode()
+    assert f"![curves.png](data:image/png;base64,{encoded})" in report
+
+
+calls: list[str] = []
+
+
+@task(retries=1, retry_delay_seconds=0, retry_condition_fn=retry_unless_bad_input)
+def flaky_step(error: Exception) -> str:
+    calls.append(type(error).__name__)
+    if len(calls) == 1:
+        raise error
+    return "done"
+
+
+@flow
+def one_step(error: Exception) -> str:
+    return flaky_step(error)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_a_task_retries_an_outage_but_not_bad_input() -> None:
+    calls.clear()
+    assert one_step(ConnectionError("connection reset by peer")) == "done"
+    assert calls == ["ConnectionError", "ConnectionError"]
+
+    calls.clear()
+    state = one_step(BadInput("RETRAINER_EPOCHS: must be at least 1"), return_state=True)
+    assert state.is_failed()
+    assert calls == ["BadInput"], "bad input was retried"
