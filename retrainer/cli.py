@@ -13,9 +13,9 @@ from textwrap import shorten
 from pydantic import ValidationError
 
 from retrainer import __version__
-from retrainer.errors import BadInput, SettingsError
+from retrainer.errors import BadInput, SettingsError, redact
 from retrainer.lease import LeaseHeld, ModelLease
-from retrainer.preflight import check_location, check_stores
+from retrainer.preflight import check_before_work, check_location
 from retrainer.registry import ModelRegistry, PromotionConflict
 from retrainer.settings import (
     DEMO_DATASET_KEY,
@@ -149,7 +149,7 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
         )
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error, style="option")) from None
-    check_stores(settings.with_parameters(parameters))
+    check_before_work(settings.with_parameters(parameters))
 
     from flows.retrain import retrain
 
@@ -269,7 +269,7 @@ def gc_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def serve_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    check_stores(settings)
+    check_before_work(settings)
     from prefect.schedules import Cron
 
     from flows.retrain import retrain
@@ -317,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(arguments.handler(load_settings(), arguments))
     except SettingsError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     except (BadInput, PromotionConflict, LeaseHeld) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,7 @@ old champion on the first night, so the gate errs towards keeping it).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -128,6 +129,26 @@ def read_split(batches: Batches) -> Split:
     return Split.model_validate_json(batches.split_path.read_text())
 
 
+def decode_image(contents: tf.Tensor) -> tf.Tensor:
+    """Encoded image bytes to uint8 RGB: how training reads every image, and validation checks."""
+    import tensorflow as tf
+
+    return tf.io.decode_image(contents, channels=CHANNELS, expand_animations=False)
+
+
+def decode_problem(contents: bytes) -> str | None:
+    """Why TensorFlow cannot decode these bytes as `decode_image` does, or None when it can."""
+    import tensorflow as tf
+
+    try:
+        decode_image(tf.constant(contents))
+    except tf.errors.OpError as error:
+        # "{{function_node ...}} Invalid PNG data, size 852 [Op:DecodeImage] name: "
+        message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", error.message.splitlines()[0])
+        return f"does not decode: {message}"
+    return None
+
+
 def input_fn(batches: Batches, subset: Subset, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
     """Decoded, resized uint8 images with integer labels, batched and prefetched.
 
@@ -144,9 +165,7 @@ def input_fn(batches: Batches, subset: Subset, shuffle: bool, seed: int = 0) -> 
     size = batches.image_size
 
     def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = tf.io.decode_image(
-            tf.io.read_file(path), channels=CHANNELS, expand_animations=False
-        )
+        image = decode_image(tf.io.read_file(path))
         image = tf.image.resize(image, (size, size))
         return tf.cast(tf.round(image), tf.uint8), label
 

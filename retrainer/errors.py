@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+# user:password@ (or key:secret@) inside any URL, whatever its scheme.
+_CREDENTIALS_IN_URL = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """The text with credentials inside URLs replaced by `***`: safe for messages and logs."""
+    return _CREDENTIALS_IN_URL.sub(r"\g<scheme>***@", text)
+
 
 class BadInput(ValueError):
     """Something a person must fix (a setting, the data, a registry file): a retry cannot help.

@@ -15,11 +15,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import botocore.exceptions
+
 from retrainer import Log
 from retrainer.cache import LocalCache
 from retrainer.errors import DataError
-from retrainer.records import DataSnapshot
-from retrainer.storage import ObjectInfo, ObjectStore, check_key, write_atomically
+from retrainer.records import DataSnapshot, RefusedObject
+from retrainer.storage import (
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    key_problem,
+    write_atomically,
+)
 
 MANIFEST_NAME = ".fetch-manifest.json"
 LOCK_NAME = ".fetch-lock"
@@ -49,18 +57,34 @@ def read_manifest(cache_dir: Path) -> dict[str, list[object]]:
     return manifest if isinstance(manifest, dict) else {}
 
 
-def _split_safe_keys(store: ObjectStore, log: Log) -> tuple[list[ObjectInfo], list[str]]:
-    """The objects that can be cached, and the keys refused because they would leave the cache."""
+def _split_safe_keys(store: ObjectStore, log: Log) -> tuple[list[ObjectInfo], list[RefusedObject]]:
+    """The objects that can be cached, and those refused with the reason.
+
+    Folder markers (`class_a/`, what the S3 console's "Create folder" writes) are not data and
+    are passed over silently.
+    """
     objects, refused = [], []
     for info in store.list():
-        try:
-            check_key(info.key)
-        except ValueError as error:
-            log.warning("Refused object: %s", error)
-            refused.append(info.key)
+        if info.key.endswith("/") and info.size == 0:
+            continue
+        reason = info.refused or key_problem(info.key)
+        if reason:
+            refused.append(RefusedObject(key=info.key, reason=reason))
+            log.warning("Refused %r: %s", info.key, reason)
             continue
         objects.append(info)
     return objects, refused
+
+
+def _unavailable(error: BaseException) -> str | None:
+    """Why an object listed a moment ago cannot be read now, if that is what `error` says."""
+    if isinstance(error, ObjectNotFound):
+        return "disappeared between the listing and its download"
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "Forbidden"):
+            return f"listed, but its download is forbidden ({code}): check the bucket policy"
+    return None
 
 
 def fetch_data(
@@ -116,7 +140,7 @@ class Progress:
 def _mirror(
     store: ObjectStore,
     objects: list[ObjectInfo],
-    refused: list[str],
+    refused: list[RefusedObject],
     cache_dir: Path,
     log: Log,
     on_progress: OnProgress | None,
@@ -149,10 +173,17 @@ def _mirror(
                 for info in stale[start : start + DOWNLOAD_SLICE]
             }
             for done in as_completed(downloads):
-                if error := done.exception():
+                key = downloads[done]
+                if (error := done.exception()) and (reason := _unavailable(error)):
+                    # One object gone or forbidden is not worth the night: it is listed instead.
+                    log.warning("Refused %r: %s", key, reason)
+                    refused.append(RefusedObject(key=key, reason=reason))
+                    pending.discard(key)
+                    wanted.pop(key)
+                elif error:
                     failures.append(error)
                 else:
-                    pending.discard(downloads[done])
+                    pending.discard(key)
                 progress.advance()
     # Recorded after a failure too: what did arrive is kept, so a rerun fetches only the rest.
     manifest = {
@@ -165,8 +196,8 @@ def _mirror(
     return DataSnapshot(
         source_url=store.url,
         cache_dir=cache_dir,
-        fingerprint=data_fingerprint(objects),
-        file_count=len(objects),
+        fingerprint=data_fingerprint(wanted.values()),
+        file_count=len(wanted),
         downloaded=len(stale),
         deleted=removed,
         refused=refused,

@@ -52,6 +52,34 @@ def load_model_factory(spec: str) -> Callable[[tuple[int, int, int], int], keras
     return factory
 
 
+def build_from_factory(
+    spec: str, input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """The factory's model for this input and these classes; SettingsError when it does not fit.
+
+    A model whose last layer has another number of units than there are classes would fail
+    later with a graph error, or worse, train and publish outputs that name no class.
+    """
+    try:
+        model = load_model_factory(spec)(input_shape, num_classes)
+    except SettingsError:
+        raise
+    except Exception as error:  # the user's code: whatever it raises, say whose it is
+        raise SettingsError(
+            f"RETRAINER_MODEL_FACTORY: {spec} failed for input {input_shape} and {num_classes} "
+            f"classes: {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(model, keras.Model):
+        raise SettingsError(f"RETRAINER_MODEL_FACTORY: {spec} returned no Keras model")
+    units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if units != num_classes:
+        raise SettingsError(
+            f"RETRAINER_MODEL_FACTORY: {spec} outputs {units} values for {num_classes} classes: "
+            "its last layer must have num_classes units"
+        )
+    return model
+
+
 def find_warm_start(
     registry: ModelRegistry,
     champion: ChampionRecord | None,
@@ -99,7 +127,7 @@ def build_model(
             )
         log.info("Starting from a fresh model: the champion takes another input shape")
         started_from = "a fresh model (the champion's input shape differs)"
-    model = load_model_factory(config.model_factory)(input_shape, len(batches.class_names))
+    model = build_from_factory(config.model_factory, input_shape, len(batches.class_names))
     if not getattr(model, "compiled", False):
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from retrainer.errors import SettingsError
-from retrainer.settings import Settings
+from retrainer.settings import DEFAULT_MODEL_FACTORY, Settings, TrainingConfig
 from retrainer.storage import LocalStore, StoreError, open_store
+from retrainer.tensorflow_runtime import start_tensorflow
 
 
 def check_location(name: str, url: str, must_exist: bool = False) -> None:
@@ -26,3 +27,24 @@ def check_stores(settings: Settings) -> None:
         open_store(settings.store_url).prove_conditional_writes()
     except StoreError as error:
         raise SettingsError(f"RETRAINER_STORE_URL: {error}") from None
+
+
+def check_model_factory(config: TrainingConfig) -> None:
+    """A user's model factory is imported and built once on the real input size, before any
+    download: a typo or a wrong output layer is a one-line error now, not after the fetch.
+
+    The built-in model is left out: it is tested here, and the check costs TensorFlow's start-up.
+    """
+    if config.model_factory == DEFAULT_MODEL_FACTORY:
+        return
+    start_tensorflow()
+    from retrainer.models import build_from_factory
+
+    size = config.image_size
+    build_from_factory(config.model_factory, (size, size, 3), num_classes=3)
+
+
+def check_before_work(settings: Settings) -> None:
+    """Every check that needs no data: the stores, then the model factory."""
+    check_stores(settings)
+    check_model_factory(settings)

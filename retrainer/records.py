@@ -15,6 +15,13 @@ from pydantic import BaseModel, Field, TypeAdapter
 from retrainer.settings import TrainingConfig
 
 
+class RefusedObject(BaseModel):
+    """An object of the data that was not copied, and why: listed in the log and the report."""
+
+    key: str
+    reason: str
+
+
 class DataSnapshot(BaseModel):
     """The data as fetched into the local cache."""
 
@@ -24,7 +31,9 @@ class DataSnapshot(BaseModel):
     file_count: int
     downloaded: int
     deleted: int
-    refused: list[str] = Field(default_factory=list, description="keys that would leave the cache")
+    refused: list[RefusedObject] = Field(
+        default_factory=list, description="objects not copied: unsafe keys, links, vanished"
+    )
 
 
 class Work(BaseModel):

@@ -20,6 +20,17 @@ def artifact_key(model_name: str) -> str:
     return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
 
 
+LISTED_AT_MOST = 100
+
+
+def listed(items: list[tuple[str, str]]) -> str:
+    """`- `key`: reason` lines, the first LISTED_AT_MOST; the log has every one."""
+    lines = "".join(f"\n- `{name}`: {reason}" for name, reason in items[:LISTED_AT_MOST])
+    if len(items) > LISTED_AT_MOST:
+        lines += f"\n- and {len(items) - LISTED_AT_MOST} more (each is in the run's log)"
+    return lines
+
+
 def skipped_report(skipped: Publication) -> str:
     return f"# Retrain of `{skipped.model_name}`: skipped\n\n{skipped.message}"
 
@@ -104,9 +115,9 @@ def run_report(
         f"{batches.test_count} test images; "
         f"per class: {counts}. Fingerprint `{batches.data_fingerprint[:12]}`.",
         f"{len(data.quarantined)} file(s) quarantined"
-        + "".join(f"\n- `{item.path}`: {item.reason}" for item in data.quarantined[:20]),
-        f"{len(data.snapshot.refused)} object key(s) refused (they would leave the cache)"
-        + "".join(f"\n- `{key}`" for key in data.snapshot.refused[:20]),
+        + listed([(item.path, item.reason) for item in data.quarantined]),
+        f"{len(data.snapshot.refused)} object(s) refused"
+        + listed([(item.key, item.reason) for item in data.snapshot.refused]),
         f"Classes: {data.class_change}" if data.class_change else "",
         "",
         "## Training",

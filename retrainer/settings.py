@@ -17,20 +17,29 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrainer.cache import LocalCache
-from retrainer.errors import SettingsError
+from retrainer.errors import SettingsError, redact
 
 ENV_PREFIX = "RETRAINER_"
 DEMO_DATASET_KEY = "datasets/digits"
+DEFAULT_MODEL_FACTORY = "retrainer.models:build_default_model"
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 def check_location_url(url: str) -> str:
     """Accept `s3://bucket/prefix`, `file:///path` or a plain local path; refuse anything else."""
     parsed = urlparse(url)
+    if "@" in parsed.netloc:
+        raise ValueError(
+            f"'{redact(url)}' holds credentials: they do not belong in a URL (they would show in "
+            "logs); use AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a role"
+        )
     if parsed.scheme == "s3":
-        if len(parsed.netloc) < 3:
+        if not _BUCKET_NAME.match(parsed.netloc) or ".." in parsed.netloc:
             raise ValueError(
-                f"'{url}' needs a bucket name of at least 3 characters: s3://bucket/prefix"
+                f"'{parsed.netloc}' in '{url}' is not a bucket name: 3 to 63 lower-case "
+                "letters, digits, '.' or '-', starting and ending with a letter or digit "
+                "(s3://bucket/prefix)"
             )
         return url
     if parsed.scheme in ("", "file"):
@@ -144,7 +153,7 @@ class TrainingConfig(BaseModel):
     )
     seed: int = Field(42, ge=0, description="Random seed, for repeatable runs.")
     model_factory: str = Field(
-        "retrainer.models:build_default_model",
+        DEFAULT_MODEL_FACTORY,
         description="`module:function` returning a Keras model for (input shape, classes).",
     )
     warm_start: Literal["auto", "never", "always"] = Field(
@@ -158,6 +167,14 @@ class TrainingConfig(BaseModel):
     xla: bool = Field(False, description="Compile the training step with XLA.")
     early_stopping_patience: int = Field(
         5, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
+    )
+    max_image_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Larger files are quarantined, never read whole."
+    )
+    max_image_pixels: int = Field(
+        64_000_000,
+        ge=64,
+        description="Images declaring more pixels are quarantined (decompression bombs).",
     )
 
     @model_validator(mode="after")
@@ -301,7 +318,7 @@ def describe_validation_error(
         else:
             name = ENV_PREFIX + "__".join(str(part).upper() for part in problem["loc"])
         given = problem.get("input")
-        suffix = "" if isinstance(given, dict) or given is None else f" (got {given!r})"
+        suffix = "" if isinstance(given, dict) or given is None else f" (got {redact(repr(given))})"
         lines.append(f"{name}: {message}{suffix}")
     return "\n".join(lines)
 

@@ -17,13 +17,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+
+from retrainer.errors import redact
 
 # Retries live in botocore, not in our code: "standard" mode retries throttling (503 SlowDown),
 # 5xx answers, timeouts and dropped connections with backoff.
@@ -60,19 +62,36 @@ class ObjectInfo:
     size: int
     etag: str
     modified: datetime | None = field(default=None, compare=False)
+    refused: str = field(default="", compare=False)  # why it must not be copied, if it must not
+
+
+MAX_NAME_BYTES = 255  # the longest file name ext4, XFS, APFS and NTFS accept
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` does not map to exactly one safe local path, or None when it does.
+
+    Components are read as written: `a//x.png` or `a/./x.png` would become `a/x.png` on disk,
+    another object's path, so they are refused rather than normalised.
+    """
+    if not key or "\x00" in key:
+        return "empty or holds a NUL byte"
+    if "\\" in key:
+        return "holds a backslash"
+    if key.startswith("/"):
+        return "is absolute"
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' component"
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in parts):
+        return f"has a name longer than {MAX_NAME_BYTES} bytes"
+    return None
 
 
 def check_key(key: str) -> str:
-    """Refuse keys that would escape the store's root or a cache folder."""
-    parts = PurePosixPath(key).parts
-    if (
-        not key
-        or "\\" in key
-        or key.startswith("/")
-        or any(part in ("..", ".") for part in parts)
-        or "\x00" in key
-    ):
-        raise ValueError(f"unsafe object key {key!r}: keys must be relative, without '..' or '\\'")
+    """Refuse keys that would escape the store's root or a cache folder, or alias another key."""
+    if problem := key_problem(key):
+        raise ValueError(f"unsafe object key {key!r}: it {problem}")
     return key
 
 
@@ -225,10 +244,16 @@ class LocalStore(ObjectStore):
             for path in start.rglob("*")
             if path.is_file() and not path.name.startswith((".tmp-", ".lock-"))
         )
+        real_root = self.root.resolve()
         for path in paths:
             key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix):
-                yield self._info(key, path)
+            if not key.startswith(prefix):
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+                # Copying it would copy whatever it points to (/etc/passwd, another dataset).
+                yield ObjectInfo(key, 0, "", refused="a symbolic link out of the folder")
+                continue
+            yield self._info(key, path)
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
@@ -313,7 +338,7 @@ class S3Store(ObjectStore):
                 "AWS_SECRET_ACCESS_KEY or run on a machine with an instance role"
             ) from None
         except botocore.exceptions.EndpointConnectionError as error:
-            raise StoreError(f"cannot reach the S3 endpoint: {error}") from None
+            raise StoreError(f"cannot reach the S3 endpoint: {redact(str(error))}") from None
         except botocore.exceptions.ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket"):

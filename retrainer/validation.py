@@ -1,44 +1,82 @@
-"""Validate: every image must decode before any training time is spent on it.
+"""Validate: every image must decode, with the decoder training uses, before any training time.
 
-Files that are empty, corrupt, not images or outside a class folder are quarantined (kept out of
-training and listed with the reason); too many of them, or too few classes or images, stop the run.
+Files that are empty, too large, corrupt, not images or outside a class folder are quarantined
+(kept out of training and listed with the reason); too many of them, or too few classes or images,
+stop the run. A file passes only if TensorFlow's own decoder (the one `input_fn` uses) decodes it:
+Pillow reads more than TensorFlow does (1-bit and run-length-encoded BMPs, PNGs with bad checksums).
+Verdicts are kept per object ETag and per set of rules, so a changed rule re-checks every file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import warnings
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
 
 from retrainer import Log
+from retrainer.dataset import decode_problem
 from retrainer.errors import DataError
 from retrainer.fetching import read_manifest
 from retrainer.records import INDEX, DataSnapshot, IndexEntry, QuarantinedFile, ValidatedData
+from retrainer.settings import TrainingConfig
 from retrainer.storage import write_atomically
 
-# The formats tf.io.decode_image reads, so a file accepted here always decodes in training.
+# The formats tf.io.decode_image reads.
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+# Raise when the checks themselves change: every cached verdict is then made again.
+RULES_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
 
-def image_problem(path: Path) -> str | None:
+class ValidationRules(BaseModel):
+    """What a file must satisfy to train; the limits are settings."""
+
+    max_image_bytes: int
+    max_image_pixels: int
+    version: int = RULES_VERSION
+
+    @classmethod
+    def of(cls, config: TrainingConfig) -> ValidationRules:
+        return cls(max_image_bytes=config.max_image_bytes, max_image_pixels=config.max_image_pixels)
+
+    def key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def image_problem(path: Path, rules: ValidationRules) -> str | None:
     """Why this file cannot be a training image, or None when it can."""
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         return "empty file"
+    if size > rules.max_image_bytes:
+        return f"{size:,} bytes, more than RETRAINER_MAX_IMAGE_BYTES ({rules.max_image_bytes:,})"
     try:
-        with Image.open(path) as image:
-            if image.format not in ACCEPTED_FORMATS:
-                return f"format {image.format} is not one of JPEG, PNG, GIF, BMP"
-            image.load()
+        # Opening reads the header only: format and declared size, before any pixel is decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image_format, (width, height) = image.format, image.size
+    except Image.DecompressionBombError as error:
+        return f"declares too many pixels to decode safely ({error})"
     except UnidentifiedImageError:
         return "not an image"
     except (OSError, SyntaxError, ValueError) as error:
         return f"does not decode: {error}"
-    return None
+    if image_format not in ACCEPTED_FORMATS:
+        return f"format {image_format} is not one of JPEG, PNG, GIF, BMP"
+    if width * height > rules.max_image_pixels:
+        return (
+            f"declares {width}x{height} pixels, more than RETRAINER_MAX_IMAGE_PIXELS "
+            f"({rules.max_image_pixels:,})"
+        )
+    return decode_problem(path.read_bytes())
 
 
 def compare_class_sets(
@@ -68,13 +106,15 @@ def validate_data(
     champion_classes: list[str] | None = None,
     on_class_change: str = "fail",
     log: Log = logger,
+    rules: ValidationRules | None = None,
 ) -> ValidatedData:
     """Check every cached file, write the index of usable images, summarise per class.
 
     Verdicts are kept per object ETag, so a night with a few new images decodes only those.
     """
+    rules = rules or ValidationRules.of(TrainingConfig())
     objects = read_manifest(snapshot.cache_dir)
-    verdicts_path = work_dir / f"verdicts-{snapshot.cache_dir.name}.json"
+    verdicts_path = work_dir / f"verdicts-{snapshot.cache_dir.name}-{rules.key()}.json"
     try:
         known: dict[str, list[object]] = json.loads(verdicts_path.read_text())
     except FileNotFoundError:
@@ -86,7 +126,7 @@ def validate_data(
         elif "/" not in relative:
             verdicts[relative] = [etag, "not inside a class folder"]
         else:
-            verdicts[relative] = [etag, image_problem(snapshot.cache_dir / relative)]
+            verdicts[relative] = [etag, image_problem(snapshot.cache_dir / relative, rules)]
     write_atomically(verdicts_path, json.dumps(verdicts).encode())
     checked = sum(1 for relative in verdicts if known.get(relative) != verdicts[relative])
     log.info(
@@ -131,7 +171,7 @@ def validate_data(
 
     label_of = {name: index for index, name in enumerate(class_names)}
     index = [IndexEntry(path=relative, label=label_of[name]) for relative, name in usable]
-    index_path = work_dir / f"index-{snapshot.fingerprint[:16]}.json"
+    index_path = work_dir / f"index-{snapshot.fingerprint[:16]}-{rules.key()}.json"
     write_atomically(index_path, INDEX.dump_json(index))
 
     summary = ", ".join(f"{name}: {counts[name]}" for name in class_names)

@@ -1,10 +1,10 @@
-"""The preflight task: both stores usable, and the model store safe to promote in."""
+"""The preflight task: the stores usable and safe to promote in, the model factory sound."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from retrainer.preflight import check_stores
+from retrainer.preflight import check_before_work
 from retrainer.settings import Settings
 from tasks.retries import retry_unless_bad_input
 
@@ -16,4 +16,4 @@ from tasks.retries import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
 )
 def preflight(settings: Settings) -> None:
-    check_stores(settings)
+    check_before_work(settings)

@@ -6,7 +6,8 @@ from prefect import get_run_logger, task
 
 from retrainer.records import ChampionRecord, DataSnapshot, ValidatedData
 from retrainer.settings import Settings
-from retrainer.validation import validate_data
+from retrainer.tensorflow_runtime import start_tensorflow
+from retrainer.validation import ValidationRules, validate_data
 from tasks.retries import retry_unless_bad_input
 
 
@@ -19,6 +20,8 @@ from tasks.retries import retry_unless_bad_input
 def validate(
     snapshot: DataSnapshot, champion: ChampionRecord | None, settings: Settings
 ) -> ValidatedData:
+    # Files are checked with TensorFlow's own decoder, the one training uses.
+    start_tensorflow()
     return validate_data(
         snapshot,
         work_dir=settings.cache.work_dir,
@@ -27,4 +30,5 @@ def validate(
         champion_classes=champion.class_names if champion else None,
         on_class_change=settings.on_class_change,
         log=get_run_logger(),
+        rules=ValidationRules.of(settings),
     )

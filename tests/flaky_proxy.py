@@ -17,13 +17,18 @@ SLOWDOWN = (
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
 
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 CONFLICT = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
     b"<Message>A conflicting conditional operation is in progress.</Message></Error>"
 )
 
 # What the proxy does to one request: "pass", "slowdown", "drop" (no answer, nothing forwarded),
-# "lose-answer" (forwarded, then the connection is closed before the answer), "conflict" (409,
+# "lose-answer" (forwarded, then the connection is closed before the answer), "forbidden" (403,
+# nothing forwarded), "conflict" (409,
 # nothing forwarded), "conflict-after-write" (forwarded, then 409 whatever the store said) or
 # "ignore-conditions" (forwarded without If-Match / If-None-Match, as lax stores behave).
 Fault = Callable[[str, str], str]
@@ -52,6 +57,9 @@ class FlakyProxy:
                     return
                 if action == "conflict":
                     self._send_error(409, CONFLICT)
+                    return
+                if action == "forbidden":
+                    self._send_error(403, ACCESS_DENIED)
                     return
                 if action == "drop":
                     self.close_connection = True

@@ -180,3 +180,73 @@ def test_models_as_a_table_and_as_json(
     listed = json.loads(out)
     assert [entry["is_champion"] for entry in listed] == [True, False]
     assert listed[1]["metrics"]["test_accuracy"] == 0.8
+
+
+@pytest.mark.parametrize(
+    ("factory", "words"),
+    [
+        ("tests.user_models:five_outputs", "outputs 5 values for 3 classes"),
+        ("tests.user_modles:tiny_cnn", "cannot load 'tests.user_modles:tiny_cnn'"),
+    ],
+)
+def test_a_model_factory_that_cannot_serve_is_refused_before_any_download(
+    capsys: pytest.CaptureFixture[str],
+    isolated_settings: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    factory: str,
+    words: str,
+) -> None:
+    data = write_files(isolated_settings / "images", digit_images(classes=2, per_class=10))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(data))
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", factory)
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert_one_line_error(err, "RETRAINER_MODEL_FACTORY")
+    assert words in err
+    assert not (isolated_settings / ".retrainer" / "cache").exists(), "data was fetched"
+
+
+def test_credentials_in_a_url_are_refused_and_never_echoed(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path
+) -> None:
+    code, _, err = run_cli(capsys, "run", "--data-url", "s3://AKIAEXAMPLE:s3cr3t@bucket/x")
+    assert code == 2
+    assert_one_line_error(err, "--data-url")
+    assert "s3cr3t" not in err and "AKIAEXAMPLE" not in err
+    assert "s3://***@bucket/x" in err and "AWS_PROFILE" in err
+    assert list(isolated_settings.iterdir()) == []
+
+
+def test_an_endpoint_with_a_password_is_redacted_when_it_cannot_be_reached(
+    capsys: pytest.CaptureFixture[str], s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:hunter2@127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models/x")
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert_one_line_error(err, "RETRAINER_STORE_URL")
+    assert "hunter2" not in err and "http://***@127.0.0.1:9" in err
+
+
+@pytest.mark.parametrize("bucket_name", ["My_Bucket", "ab", "-leading", "a" * 64])
+def test_an_invalid_bucket_name_is_a_settings_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, bucket_name: str
+) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket_name}/models")
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert_one_line_error(err, "RETRAINER_STORE_URL")
+    assert "is not a bucket name" in err
+
+
+def test_fractions_that_leave_nothing_to_train_say_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAINER_VALIDATION_FRACTION", "0.99")
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2
+    assert err.strip() == (
+        "error: RETRAINER_VALIDATION_FRACTION + RETRAINER_TEST_FRACTION must leave at least 10% "
+        "of the images for training (got 0.99 + 0.2)"
+    )

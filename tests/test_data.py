@@ -19,7 +19,8 @@ from retrainer.errors import DataError
 from retrainer.fetching import LOCK_NAME, MANIFEST_NAME, fetch_data
 from retrainer.records import DataSnapshot
 from retrainer.storage import LocalStore, S3Store
-from retrainer.validation import compare_class_sets, validate_data
+from retrainer.validation import ValidationRules, compare_class_sets, validate_data
+from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
 from tests.conftest import digit_images, write_files
 
 
@@ -66,18 +67,63 @@ def test_incremental_fetch_downloads_only_what_changed(bucket: str, tmp_path: Pa
     assert (changed.cache_dir / "a/2.png").read_bytes() == b"two, edited"
 
 
-def test_keys_that_would_escape_the_cache_are_refused_and_reported(
+def test_keys_that_do_not_map_to_one_safe_path_are_refused_with_the_reason(
     bucket: str, tmp_path: Path
 ) -> None:
+    long_name = "n" * 256 + ".png"
     put_all(bucket, "data", {"a/ok.png": b"ok", "../evil.png": b"x", "a/../../x.png": b"x"})
-    put_all(bucket, "data", {"a\\win.png": b"x", "/abs.png": b"x"})
+    put_all(bucket, "data", {"a\\win.png": b"x", "/abs.png": b"x", f"a/{long_name}": b"x"})
+    put_all(bucket, "data", {"a//x.png": b"x", "a/./y.png": b"x", "b/": b""})  # b/: a folder
+
     snapshot = fetch_data(S3Store(bucket, "data"), tmp_path / "deep" / "cache")
-    assert sorted(snapshot.refused) == sorted(
-        ["../evil.png", "a/../../x.png", "a\\win.png", "/abs.png"]
-    )
-    assert cached_files(snapshot) == {"a/ok.png"}
+
+    reasons = {item.key: item.reason for item in snapshot.refused}
+    assert reasons == {
+        "../evil.png": "has an empty, '.' or '..' component",
+        "a/../../x.png": "has an empty, '.' or '..' component",
+        "a\\win.png": "holds a backslash",
+        "/abs.png": "is absolute",
+        f"a/{long_name}": "has a name longer than 255 bytes",
+        "a//x.png": "has an empty, '.' or '..' component",
+        "a/./y.png": "has an empty, '.' or '..' component",
+    }
+    assert cached_files(snapshot) == {"a/ok.png"}  # the folder marker b/ is passed over
     written = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert written == {"ok.png", MANIFEST_NAME, LOCK_NAME}
+    again = fetch_data(S3Store(bucket, "data"), tmp_path / "deep" / "cache")
+    assert again.downloaded == 0 and cached_files(again) == {"a/ok.png"}  # the same every night
+
+
+def test_symbolic_links_out_of_a_local_data_folder_are_refused(tmp_path: Path) -> None:
+    folder = write_files(tmp_path / "data", {"a/ok.png": b"ok", "b/in.png": b"in"})
+    (tmp_path / "secret.txt").write_text("root:x:0:0")
+    (folder / "a" / "passwd.png").symlink_to(tmp_path / "secret.txt")
+    (folder / "a" / "alias.png").symlink_to(folder / "b" / "in.png")  # inside: fine
+
+    snapshot = fetch_data(LocalStore(folder), tmp_path / "cache")
+
+    assert [(item.key, item.reason) for item in snapshot.refused] == [
+        ("a/passwd.png", "a symbolic link out of the folder")
+    ]
+    assert cached_files(snapshot) == {"a/ok.png", "a/alias.png", "b/in.png"}
+    assert "root:x" not in "".join(path.read_text() for path in snapshot.cache_dir.rglob("*.png"))
+
+
+class VanishingStore(LocalStore):
+    """A real local store where one object is deleted between the listing and its download."""
+
+    def download(self, key: str, destination: Path) -> None:
+        if key == "a/gone.png":
+            self._path(key).unlink()
+        super().download(key, destination)
+
+
+def test_an_object_that_vanishes_mid_fetch_is_refused_not_fatal(tmp_path: Path) -> None:
+    folder = write_files(tmp_path / "data", {"a/ok.png": b"ok", "a/gone.png": b"soon gone"})
+    snapshot = fetch_data(VanishingStore(folder), tmp_path / "cache")
+    assert [item.key for item in snapshot.refused] == ["a/gone.png"]
+    assert "disappeared between the listing and its download" in snapshot.refused[0].reason
+    assert cached_files(snapshot) == {"a/ok.png"} and snapshot.file_count == 1
 
 
 class FailingStore(LocalStore):
@@ -157,6 +203,49 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
     assert reasons["stray.png"] == "not inside a class folder"
     index = json.loads(data.index_path.read_text())
     assert len(index) == 60
+
+
+def test_files_pillow_reads_but_training_cannot_are_quarantined_by_the_training_decoder(
+    tmp_path: Path,
+) -> None:
+    good = digit_images(classes=2, per_class=30)
+    bad = {
+        "0/bomb.png": decompression_bomb_png(),
+        "0/one-bit.bmp": one_bit_bmp(),
+        "1/rle.bmp": rle8_bmp(),
+        "1/bad-crc.png": bad_checksum_png(),
+    }
+    snapshot = snapshot_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
+    data = validate_data(snapshot, tmp_path / "work", 5, 0.2)
+
+    reasons = {item.path: item.reason for item in data.quarantined}
+    assert reasons["0/bomb.png"].startswith("declares too many pixels to decode safely")
+    assert reasons["0/one-bit.bmp"].startswith("does not decode: Number of channels")
+    assert reasons["1/rle.bmp"].startswith("does not decode: Input size should match")
+    assert reasons["1/bad-crc.png"] == "does not decode: Invalid PNG data, size 852"
+    # What passed decodes in training: one epoch over every accepted image.
+    batches = split_data(data, tmp_path / "work", 8, 8, 0.15, 0.2, cache_decoded=False)
+    for subset in ("train", "validation", "test"):
+        assert sum(len(labels) for _, labels in input_fn(batches, subset, shuffle=False)) > 0
+
+
+def test_the_limits_are_settings_and_a_changed_rule_checks_every_file_again(
+    tmp_path: Path,
+) -> None:
+    big = Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    big.save(buffer, format="PNG")
+    files = {**digit_images(classes=2, per_class=10), "0/big.png": buffer.getvalue()}
+    snapshot = snapshot_of(write_files(tmp_path / "data", files), tmp_path)
+    assert validate_data(snapshot, tmp_path / "work", 5, 0.2).quarantined == []
+
+    strict = ValidationRules(max_image_bytes=10_000, max_image_pixels=1000)
+    checked = validate_data(snapshot, tmp_path / "work", 5, 0.2, rules=strict)
+    reasons = {item.path: item.reason for item in checked.quarantined}
+    assert reasons["0/big.png"] == (
+        "declares 40x40 pixels, more than RETRAINER_MAX_IMAGE_PIXELS (1,000)"
+    )
+    assert checked.decoded == 21, "verdicts of other rules were reused"
 
 
 def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:

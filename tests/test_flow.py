@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.retrain import retrain
+from retrainer.cli import main
 from retrainer.dataset import input_fn, split_data, subset_of
 from retrainer.fetching import fetch_data
 from retrainer.lease import ModelLease
@@ -27,7 +29,9 @@ from retrainer.registry import ModelRegistry
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from retrainer.validation import validate_data
+from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
 from tests.conftest import digit_images, write_files
+from tests.flaky_proxy import FlakyProxy, always_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -299,3 +303,57 @@ def test_new_classes_with_on_class_change_retrain_train_a_new_model_judged_by_th
     manifest = json.loads(store.get(f"models/demo/versions/{second.version}/manifest.json"))
     assert manifest["class_names"] == ["0", "1", "9"]
     assert manifest["started_from"].startswith("a fresh model")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_a_strangers_bucket_trains_on_the_good_images_and_lists_every_bad_object(
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = {
+        "0/bomb.png": decompression_bomb_png(),
+        "0/one-bit.bmp": one_bit_bmp(),
+        "1/rle.bmp": rle8_bmp(),
+        "1/bad-crc.png": bad_checksum_png(),
+        "1/empty.png": b"",
+        "2/notes.png": b"meeting notes, not a picture",
+        "stray.png": DATA["0/000.png"],
+        "0//double-slash.png": DATA["0/001.png"],
+        "0/./dot.png": DATA["0/002.png"],
+        "0/" + "n" * 300 + ".png": DATA["0/003.png"],
+        "2/forbidden.png": DATA["2/000.png"],
+    }
+    client = boto3.client("s3")
+    for key, data in {**DATA, **bad}.items():
+        client.put_object(Bucket=bucket, Key=f"incoming/{key}", Body=data)
+    client.put_object(Bucket=bucket, Key="incoming/1/", Body=b"")  # the console's folder marker
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    proxy = FlakyProxy(endpoint, always_for("GET", "forbidden.png", "forbidden"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
+    monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/incoming")
+    try:
+        assert main(["run"]) == 0
+    finally:
+        proxy.close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+
+    store = S3Store(bucket, "registry")
+    (version,) = {info.key.split("/")[3] for info in store.list("models/demo/versions/")}
+    manifest = json.loads(store.get(f"models/demo/versions/{version}/manifest.json"))
+    trained = manifest["train_images"] + manifest["validation_images"] + manifest["test_images"]
+    assert trained == len(DATA), "a good image was left out, or a bad one trained"
+    with get_client(sync_client=True) as prefect:
+        (report,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-demo"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    listed = str(report.data)
+    for key in bad:
+        assert f"`{key}`" in listed, key
+    assert "`2/forbidden.png`: listed, but its download is forbidden (AccessDenied)" in listed
+    assert "`1/bad-crc.png`: does not decode: Invalid PNG data" in listed

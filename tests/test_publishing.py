@@ -20,6 +20,7 @@ from retrainer.records import (
     GateDecision,
     Publication,
     QuarantinedFile,
+    RefusedObject,
     TrainedModel,
     ValidatedData,
 )
@@ -93,7 +94,7 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
         file_count=203,
         downloaded=3,
         deleted=0,
-        refused=["../escape.png"],
+        refused=[RefusedObject(key="../escape.png", reason="has an empty, '.' or '..' component")],
     )
     data = ValidatedData(
         snapshot=snapshot,
@@ -138,7 +139,8 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
     assert "| accuracy | 0.9500 | 0.9500 | 0.8500 | +0.1000 | McNemar p=" in report
     assert "| recall[dog] |" in report and "bootstrap CI [" in report
     assert "130 training, 30 validation and 40 test images" in report
-    assert "- `dog/broken.jpg`: does not decode" in report and "- `../escape.png`" in report
+    assert "- `dog/broken.jpg`: does not decode" in report
+    assert "- `../escape.png`: has an empty, '.' or '..' component" in report
     assert "stopped early" in report and "training on the CPU" in report
     encoded = base64.b64encode(PNG).decode()
     assert f"![curves.png](data:image/png;base64,{encoded})" in report

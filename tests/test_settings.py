@@ -36,7 +36,7 @@ def test_dotenv_file_is_read(isolated_settings, monkeypatch: pytest.MonkeyPatch)
     [
         ("RETRAINER_EPOCHS", "0", "RETRAINER_EPOCHS: Input should be greater than or equal to 1"),
         ("RETRAINER_STORE_URL", "ftp://host/models", "RETRAINER_STORE_URL: unknown URL scheme"),
-        ("RETRAINER_DATA_URL", "s3://ab", "RETRAINER_DATA_URL: 's3://ab' needs a bucket name"),
+        ("RETRAINER_DATA_URL", "s3://ab", "RETRAINER_DATA_URL: 'ab' in 's3://ab' is not a bucket"),
         ("RETRAINER_MODEL_NAME", "My Model", "RETRAINER_MODEL_NAME: 'My Model' is not a model"),
         (
             "RETRAINER_GATE__ACCURACY__THRESHOLD",
@@ -98,6 +98,8 @@ def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
         "mixed_precision": "on",
         "xla": True,
         "early_stopping_patience": 2,
+        "max_image_bytes": 1000,
+        "max_image_pixels": 1000,
     }
     assert set(changed) == set(TrainingConfig.model_fields)
     for name, value in changed.items():
