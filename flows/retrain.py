@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import flow, get_run_logger
 
 from retrainer.records import Publication
@@ -17,8 +19,11 @@ from tasks.publish import publish
 from tasks.train import train
 from tasks.validate import validate
 
+# A hung run would hold the model's lease and the deployment's queue: it is stopped after this.
+FLOW_TIMEOUT_SECONDS = 3600 * float(os.environ.get("RETRAINER_FLOW_TIMEOUT_HOURS", "12"))
 
-@flow(name="retrain", log_prints=True)
+
+@flow(name="retrain", log_prints=True, timeout_seconds=FLOW_TIMEOUT_SECONDS)
 def retrain(parameters: RetrainParameters | None = None) -> Publication:
     """Retrain the classifier on the latest data and promote it only if it passes the gate."""
     parameters = parameters or RetrainParameters()

@@ -280,6 +280,7 @@ def serve_command(settings: Settings, arguments: argparse.Namespace) -> int:
         schedules=[Cron(arguments.cron, timezone=arguments.timezone)],
         tags=["retrainer", "nightly"],
         limit=1,
+        global_limit=1,  # one run at a time across every process serving it, not just this one
     )
     return 0
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import tensorflow as tf
 
+from retrainer.errors import SettingsError
 from retrainer.tensorflow_runtime import start_tensorflow
 
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)  # Volta and newer have tensor cores for float16
@@ -50,10 +51,22 @@ def plan_devices(capabilities: list[tuple[int, int] | None], mixed_precision: st
     )
 
 
-def detect_devices(mixed_precision: str) -> DevicePlan:
-    """The plan for the GPUs TensorFlow can use; without one, TensorFlow's reason, in words."""
+def detect_devices(mixed_precision: str, device: str = "auto") -> DevicePlan:
+    """The plan for the GPUs TensorFlow can use; without one, TensorFlow's reason, in words.
+
+    `device`: "auto", "gpu" (SettingsError when there is no usable GPU) or "cpu" (GPUs hidden).
+    """
     start_up = start_tensorflow()
+    if device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+        return plan_devices([], mixed_precision)
     gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        said = "; ".join(start_up.gpu_messages) or "no GPU is visible to it"
+        raise SettingsError(
+            f"RETRAINER_DEVICE=gpu, but TensorFlow found no usable GPU (TensorFlow said: {said}); "
+            "check the node's driver and the image's CUDA libraries, or set RETRAINER_DEVICE=auto"
+        )
     capabilities = []
     for gpu in gpus:
         # Without memory growth TensorFlow reserves the whole card at start-up.

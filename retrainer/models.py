@@ -105,29 +105,35 @@ def find_warm_start(
     return None, f"a fresh model ({reason})"
 
 
+def warm_start_mismatch(champion: keras.Model, model: keras.Model) -> str | None:
+    """Why the champion's weights cannot go into `model`, or None when they can."""
+    if tuple(champion.input_shape[1:]) != tuple(model.input_shape[1:]):
+        return f"the champion takes {champion.input_shape[1:]}, not {model.input_shape[1:]}"
+    if [tuple(w.shape) for w in champion.weights] != [tuple(w.shape) for w in model.weights]:
+        return "the champion's layers differ from those RETRAINER_MODEL_FACTORY builds"
+    return None
+
+
 def build_model(
     config: TrainingConfig, batches: Batches, warm_start: Path | None, started_from: str, log: Log
 ) -> tuple[keras.Model, str]:
-    """The model to fit, compiled, and what it starts from (the champion may not fit after all)."""
+    """The model to fit, compiled, and what it starts from (the champion may not fit after all).
+
+    The model is always built by the factory under the current precision policy, and a warm start
+    loads the champion's weights into it: a champion saved in float32 trains in mixed precision
+    when this run asks for it (variables stay float32 under mixed_float16, so the weights fit).
+    """
     input_shape = (batches.image_size, batches.image_size, CHANNELS)
-    if warm_start is not None:
-        model = keras.models.load_model(warm_start, safe_mode=True)
-        if tuple(model.input_shape[1:]) == input_shape:
-            model.compile(
-                optimizer=keras.optimizers.Adam(config.learning_rate),
-                loss=model.loss,
-                metrics=["accuracy"],
-                jit_compile=config.xla,
-            )
-            return model, started_from
-        if config.warm_start == "always":
-            raise SettingsError(
-                f"RETRAINER_WARM_START=always, but the champion takes {model.input_shape[1:]}, "
-                f"not {input_shape}"
-            )
-        log.info("Starting from a fresh model: the champion takes another input shape")
-        started_from = "a fresh model (the champion's input shape differs)"
     model = build_from_factory(config.model_factory, input_shape, len(batches.class_names))
+    if warm_start is not None:
+        champion = keras.models.load_model(warm_start, safe_mode=True, compile=False)
+        if mismatch := warm_start_mismatch(champion, model):
+            if config.warm_start == "always":
+                raise SettingsError(f"RETRAINER_WARM_START=always, but {mismatch}")
+            log.info("Starting from a fresh model: %s", mismatch)
+            started_from = f"a fresh model ({mismatch})"
+        else:
+            model.set_weights(champion.get_weights())
     if not getattr(model, "compiled", False):
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),

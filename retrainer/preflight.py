@@ -44,7 +44,16 @@ def check_model_factory(config: TrainingConfig) -> None:
     build_from_factory(config.model_factory, (size, size, 3), num_classes=3)
 
 
+def check_device(settings: Settings) -> None:
+    """A run that must have a GPU and has none stops now, with TensorFlow's reason."""
+    if settings.device == "gpu":
+        from retrainer.devices import detect_devices
+
+        detect_devices(settings.mixed_precision, settings.device)
+
+
 def check_before_work(settings: Settings) -> None:
-    """Every check that needs no data: the stores, then the model factory."""
+    """Every check that needs no data: the device, the stores, then the model factory."""
+    check_device(settings)
     check_stores(settings)
     check_model_factory(settings)

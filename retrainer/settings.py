@@ -220,6 +220,17 @@ class Settings(TrainingConfig, BaseSettings):
     cache_decoded: bool = Field(
         True, description="Keep decoded images in a file cache after the first epoch."
     )
+    device: Literal["auto", "gpu", "cpu"] = Field(
+        "auto",
+        description="auto: the GPUs TensorFlow finds, else the CPU; gpu: stop at once, before "
+        "any download, when there is none; cpu: never a GPU.",
+    )
+    flow_timeout_hours: float = Field(
+        12.0,
+        gt=0,
+        description="A run still going after this long is stopped (a hung run would hold the "
+        "queue); read when the flow is loaded.",
+    )
     tensorflow_logs: bool = Field(
         False,
         description="Show TensorFlow's own start-up lines (CUDA probing, oneDNN notices); read "

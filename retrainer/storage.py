@@ -380,11 +380,26 @@ class S3Store(ObjectStore):
                         )
         return removed
 
+    def _missing(self, key: str, error: botocore.exceptions.ClientError) -> bool:
+        """Whether `error` says the object is not there.
+
+        S3 answers 403, not 404, for a missing key when the caller may not list it (a policy
+        that grants s3:ListBucket only under an s3:prefix condition): a listing of exactly that
+        key, which such a policy does allow, then tells "missing" from "forbidden".
+        """
+        code = error.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return True
+        if code not in ("403", "AccessDenied", "Forbidden"):
+            return False
+        answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(key), MaxKeys=1)
+        return not any(item["Key"] == self._key(key) for item in answer.get("Contents", []))
+
     def head(self, key: str) -> ObjectInfo | None:
         try:
             answer = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except botocore.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if self._missing(key, error):
                 return None
             raise
         return ObjectInfo(
@@ -398,7 +413,7 @@ class S3Store(ObjectStore):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except botocore.exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            if self._missing(key, error):
                 raise ObjectNotFound(self.describe(key)) from None
             raise
 

@@ -17,16 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from retrainer import Log
 from retrainer.checkpoints import CheckpointMirror
 from retrainer.dataset import input_fn
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
+from retrainer.errors import BadInput
 from retrainer.models import build_model
 from retrainer.records import Batches, TrainedModel
 from retrainer.settings import TrainingConfig
 
 logger = logging.getLogger(__name__)
+
+
+class OutOfDeviceMemory(BadInput):
+    """Training does not fit in the device's memory; the message says what to lower."""
 
 
 class EpochEnd(keras.callbacks.Callback):
@@ -159,14 +165,23 @@ def train_model(
                 restore_best_weights=True,
             )
         )
-    model.fit(
-        train,
-        validation_data=validation,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle a tf.data pipeline
-        verbose=0,
-    )
+    try:
+        model.fit(
+            train,
+            validation_data=validation,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle a tf.data pipeline
+            verbose=0,
+        )
+    except tf.errors.ResourceExhaustedError as error:
+        # The same batch on the same card would run out again: not worth a retry.
+        raise OutOfDeviceMemory(
+            f"training on {', '.join(plan.devices)} ran out of memory with batches of "
+            f"{scaled.batch_size} images of {batches.image_size} px: lower "
+            "RETRAINER_BATCH_SIZE (or RETRAINER_IMAGE_SIZE); the last finished epoch is kept "
+            f"and training resumes there ({str(error.message).splitlines()[0][:200]})"
+        ) from None
 
     epochs_run = len(history.get("loss", []))
     diverged = None

@@ -24,6 +24,7 @@ def train(
     # TensorFlow takes seconds and hundreds of MB to import: only the tasks that need it pay,
     # and its start-up noise is kept out of the log.
     start_tensorflow()
+    from retrainer.devices import detect_devices
     from retrainer.models import find_warm_start
     from retrainer.training import train_model
 
@@ -44,4 +45,5 @@ def train(
         started_from=started_from,
         log=log,
         on_epoch=progress_reporter(f"Training '{settings.model_name}'"),
+        plan=detect_devices(settings.mixed_precision, settings.device),
     )

@@ -30,7 +30,8 @@ CONFLICT = (
 # "lose-answer" (forwarded, then the connection is closed before the answer), "forbidden" (403,
 # nothing forwarded), "conflict" (409,
 # nothing forwarded), "conflict-after-write" (forwarded, then 409 whatever the store said) or
-# "ignore-conditions" (forwarded without If-Match / If-None-Match, as lax stores behave).
+# "ignore-conditions" (forwarded without If-Match / If-None-Match, as lax stores behave) or
+# "missing-as-403" (a 404 turned into 403, as S3 answers a caller who may not list the key).
 Fault = Callable[[str, str], str]
 
 
@@ -81,6 +82,10 @@ class FlakyProxy:
                     return
                 if action == "conflict-after-write":
                     self._send_error(409, CONFLICT)
+                    return
+                if action == "missing-as-403" and answer.status == 404:
+                    proxy.faults_served.append(f"403 for a 404 {self.command} {self.path}")
+                    self._send_error(403, ACCESS_DENIED)
                     return
                 self.send_response(answer.status)
                 for name, value in answer.getheaders():

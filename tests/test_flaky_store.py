@@ -17,7 +17,13 @@ from retrainer.fetching import fetch_data
 from retrainer.models import build_default_model
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings
-from retrainer.storage import S3_CLIENT_CONFIG, ConditionalWritesIgnored, LocalStore, S3Store
+from retrainer.storage import (
+    S3_CLIENT_CONFIG,
+    ConditionalWritesIgnored,
+    LocalStore,
+    ObjectNotFound,
+    S3Store,
+)
 from retrainer.validation import validate_data
 from tests.conftest import digit_images, publish_stub_version, write_files
 from tests.flaky_proxy import Fault, FlakyProxy, always_for, every, first_n_for
@@ -171,3 +177,21 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
             seed=0,
         )
     assert len(proxy.faults_served) >= 2, "the outage was not served"
+
+
+def test_missing_keys_answered_403_as_s3_does_without_list_permission_count_as_missing(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy]
+) -> None:
+    S3Store(bucket, "registry").put("present.json", b"{}")
+    # S3 answers 403 for a missing key to a caller whose s3:ListBucket is limited by s3:prefix.
+    proxy = flaky(lambda method, path: "missing-as-403" if method in ("HEAD", "GET") else "pass")
+    store = S3Store(bucket, "registry")
+
+    assert store.head("champion.json") is None  # the first night: no champion yet
+    assert store.head("present.json") is not None
+    with pytest.raises(ObjectNotFound):
+        store.get("checkpoints/m/k/latest.json")  # a new work's checkpoint pointer
+    assert ModelRegistry(store, "m").read_champion_record() is None
+    assert store.get("present.json") == b"{}"
+    assert any(fault.startswith("403 for a 404 HEAD") for fault in proxy.faults_served)
+    assert any(fault.startswith("403 for a 404 GET") for fault in proxy.faults_served)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -19,9 +20,12 @@ import pytest
 
 from flows.retrain import retrain
 from retrainer.checkpoints import CheckpointMirror
+from retrainer.dataset import split_data
 from retrainer.devices import plan_devices
+from retrainer.fetching import fetch_data
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
+from retrainer.validation import validate_data
 from tests.conftest import digit_images, write_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -338,3 +342,65 @@ def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
     history = json.loads(store.get(f"models/demo/versions/{champion['version']}/history.json"))
     assert len(history["loss"]) == len(history["val_loss"]) == 6, context
     assert not list(store.list("checkpoints/")), "finished work leaves no checkpoints"
+
+
+def test_warm_start_honours_mixed_precision_with_the_champions_weights(tmp_path: Path) -> None:
+    from retrainer.models import build_default_model, build_model
+    from retrainer.records import Batches
+    from retrainer.settings import TrainingConfig
+
+    champion = build_default_model((16, 16, 3), 3)  # saved in float32, as a CPU night saves it
+    champion.save(tmp_path / "champion.keras")
+    batches = Batches.model_construct(image_size=16, class_names=["a", "b", "c"])
+    config = TrainingConfig(mixed_precision="on")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, started_from = build_model(
+            config, batches, tmp_path / "champion.keras", "champion v1", logging.getLogger()
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    assert started_from == "champion v1"
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.dtype_policy.name == "mixed_float16"
+    assert model.get_layer("classifier").dtype_policy.name == "float32"  # softmax in float32
+    for mine, theirs in zip(model.get_weights(), champion.get_weights(), strict=True):
+        assert np.array_equal(mine, theirs)
+
+
+def test_a_gpu_that_is_required_and_missing_stops_the_run_with_tensorflows_reason(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from retrainer.cli import main
+
+    monkeypatch.setenv("RETRAINER_DEVICE", "gpu")
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "d", {"a/1.png": b"x"})))
+    assert main(["run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: RETRAINER_DEVICE=gpu, but TensorFlow found no usable GPU")
+    assert "TensorFlow said:" in line
+    assert not (tmp_path / ".retrainer" / "cache").exists(), "data was fetched"
+
+
+def test_running_out_of_device_memory_is_not_retried_and_says_what_to_lower(
+    tmp_path: Path,
+) -> None:
+    from retrainer.checkpoints import checkpoint_mirror
+    from retrainer.errors import BadInput
+    from retrainer.settings import TrainingConfig
+    from retrainer.training import OutOfDeviceMemory, train_model
+
+    data = validate_data(
+        fetch_data(LocalStore(write_files(tmp_path / "i", digit_images(3, 20))), tmp_path / "c"),
+        tmp_path / "w",
+        5,
+        0.1,
+    )
+    batches = split_data(data, tmp_path / "w", 16, 8, 0.15, 0.2, cache_decoded=False)
+    config = TrainingConfig(epochs=1, model_factory="tests.user_models:out_of_memory")
+    mirror = checkpoint_mirror(LocalStore(tmp_path / "store"), tmp_path / "c", "m", "k" * 32)
+    with pytest.raises(OutOfDeviceMemory, match="lower RETRAINER_BATCH_SIZE") as raised:
+        train_model(batches, config, tmp_path / "out", mirror)
+    assert isinstance(raised.value, BadInput)  # the retry rule lets it through at once
+    assert "batches of 8 images of 16 px" in str(raised.value)

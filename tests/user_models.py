@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 
 def tiny_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -40,3 +41,18 @@ def five_outputs(input_shape: tuple[int, int, int], num_classes: int) -> keras.M
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.GlobalAveragePooling2D()(inputs)
     return keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x), name="five")
+
+
+class AllocatesTooMuch(keras.layers.Layer):
+    """Fails in training as a card without enough memory does."""
+
+    def call(self, inputs: object, training: bool | None = None) -> object:
+        if training:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return inputs
+
+
+def out_of_memory(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    inputs = keras.Input(shape=input_shape)
+    x = AllocatesTooMuch()(keras.layers.GlobalAveragePooling2D()(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
