@@ -22,7 +22,7 @@ checks: $(UV)
 	$(RUN) mypy
 
 test: checks
-	$(RUN) pytest
+	$(RUN) pytest --durations=15
 
 # Everything but the slow tests (those that start a Prefect server or train end to end): ~1.5 min.
 test-fast: checks

@@ -27,14 +27,17 @@ from botocore.config import Config
 
 from retrainer.errors import redact
 
-# Retries live in botocore, not in our code: "standard" mode retries throttling (503 SlowDown),
-# 5xx answers, timeouts and dropped connections with backoff.
-S3_CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 8},
-    connect_timeout=10,
-    read_timeout=60,
-    max_pool_connections=32,
-)
+
+def s3_client_config() -> Config:
+    """Retries live in botocore, not in our code: "standard" mode retries throttling (503
+    SlowDown), 5xx answers, timeouts and dropped connections with backoff; 8 attempts unless
+    boto3's own AWS_MAX_ATTEMPTS says otherwise (read when a store is opened)."""
+    return Config(
+        retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "8"))},
+        connect_timeout=10,
+        read_timeout=60,
+        max_pool_connections=32,
+    )
 
 
 class StoreError(RuntimeError):
@@ -322,7 +325,7 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
-        self.client = client or boto3.session.Session().client("s3", config=S3_CLIENT_CONFIG)
+        self.client = client or boto3.session.Session().client("s3", config=s3_client_config())
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)

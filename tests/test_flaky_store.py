@@ -18,11 +18,11 @@ from retrainer.models import build_default_model
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings
 from retrainer.storage import (
-    S3_CLIENT_CONFIG,
     ConditionalWritesIgnored,
     LocalStore,
     ObjectNotFound,
     S3Store,
+    s3_client_config,
 )
 from retrainer.validation import validate_data
 from tests.conftest import digit_images, publish_stub_version, write_files
@@ -163,7 +163,9 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
 
     proxy = flaky(always_for("GET", "versions/v1/model.keras", "slowdown"))
     # botocore's own retries, fewer of them so the test is quick; the outage outlasts them all.
-    client = boto3.client("s3", config=S3_CLIENT_CONFIG.merge(Config(retries={"max_attempts": 2})))
+    client = boto3.client(
+        "s3", config=s3_client_config().merge(Config(retries={"max_attempts": 2}))
+    )
     unreachable = ModelRegistry(S3Store(bucket, "registry", client=client), "m")
 
     with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
