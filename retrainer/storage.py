@@ -33,7 +33,10 @@ def s3_client_config() -> Config:
     SlowDown), 5xx answers, timeouts and dropped connections with backoff; 8 attempts unless
     boto3's own AWS_MAX_ATTEMPTS says otherwise (read when a store is opened)."""
     return Config(
-        retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "8"))},
+        retries={
+            "mode": "standard",
+            "total_max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "8")),
+        },
         connect_timeout=10,
         read_timeout=60,
         max_pool_connections=32,

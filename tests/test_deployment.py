@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import os
 import re
@@ -9,11 +11,15 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
+from prefect.client.schemas.objects import FlowRun
 
 from tests.conftest import digit_images, free_port, write_files
 
@@ -137,7 +143,7 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     assert flow_run_state(cloning, second_run.group(1)) == "COMPLETED"
 
 
-def test_deployment_files_parse_and_the_kubernetes_template_requests_a_gpu() -> None:
+def test_deployment_files_parse_and_the_schedule_is_nightly() -> None:
     config = yaml.safe_load((REPOSITORY / "prefect.yaml").read_text())
     (nightly,) = config["deployments"]
     assert nightly["schedules"][0] == {"cron": "0 2 * * *", "timezone": "UTC", "active": True}
@@ -145,13 +151,62 @@ def test_deployment_files_parse_and_the_kubernetes_template_requests_a_gpu() -> 
     for path in (REPOSITORY / "deploy").iterdir():
         if path.suffix == ".json":
             json.loads(path.read_text())
-        elif path.suffix in (".yaml", ".yml"):
-            yaml.safe_load(path.read_text())
-    kubernetes = json.loads((REPOSITORY / "deploy/kubernetes-gpu-job-template.json").read_text())
-    pod = kubernetes["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
-    assert kubernetes["variables"]["properties"]["gpu_count"]["default"] >= 1
+
+
+def rendered(configuration: type[Any], template_file: str) -> Any:
+    """The job a worker would start, rendered by the worker's own job configuration class."""
+    template = json.loads((REPOSITORY / "deploy" / template_file).read_text())
+    values = {"image": "registry.example.com/retrainer:abc123"}
+    job = asyncio.run(configuration.from_template_and_values(template, values))
+    job.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="nightly"))
+    return job
+
+
+# prefect-kubernetes 0.8.0 refuses a manifest without these in the pod spec, where Kubernetes does
+# not define them; the API server drops them (with a warning). Everything else must be valid.
+REQUIRED_BY_THE_WORKER_ONLY = ("parallelism", "completions")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("kubernetes_version", ["1.35.0", "1.37.0"])
+def test_the_kubernetes_job_is_valid_kubernetes_and_asks_for_a_gpu_safely(
+    kubernetes_version: str,
+) -> None:
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    manifest = copy.deepcopy(
+        rendered(KubernetesWorkerJobConfiguration, "kubernetes-gpu-job-template.json").job_manifest
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    for field in REQUIRED_BY_THE_WORKER_ONLY:
+        assert pod.pop(field) == 1
+    kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["ephemeral-storage"] == "20Gi"
+    assert {"name": "cache", "mountPath": "/cache"} in container["volumeMounts"]
+    assert pod["volumes"] == [{"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}}]
+    assert pod["nodeSelector"] == {}  # no label that only the GPU operator sets
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    docker = json.loads((REPOSITORY / "deploy/docker-gpu-job-template.json").read_text())
-    requests = docker["variables"]["properties"]["container_create_kwargs"]["default"]
-    assert requests["device_requests"][0]["capabilities"] == [["gpu"]]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert manifest["spec"]["ttlSecondsAfterFinished"] == 86400
+    assert manifest["spec"]["backoffLimit"] == 0
+    assert {"name": "RETRAINER_DEVICE", "value": "gpu"} in container["env"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_the_docker_job_asks_for_every_gpu_and_keeps_its_cache_in_a_volume() -> None:
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    template = json.loads((REPOSITORY / "deploy/docker-gpu-job-template.json").read_text())
+    # Every field of the template is one the worker knows: none is silently dropped.
+    assert set(template["job_configuration"]) <= set(DockerWorkerJobConfiguration.model_fields)
+    job = rendered(DockerWorkerJobConfiguration, "docker-gpu-job-template.json")
+    assert job.container_create_kwargs["device_requests"][0]["capabilities"] == [["gpu"]]
+    assert job.volumes == ["retrainer-cache:/cache"]
+    assert job.env["RETRAINER_DEVICE"] == "gpu"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from botocore.config import Config
 
 from retrainer.dataset import split_data
 from retrainer.evaluation import ChampionUnavailable, evaluate
@@ -22,7 +21,6 @@ from retrainer.storage import (
     LocalStore,
     ObjectNotFound,
     S3Store,
-    s3_client_config,
 )
 from retrainer.validation import validate_data
 from tests.conftest import digit_images, publish_stub_version, write_files
@@ -148,7 +146,10 @@ def test_a_409_is_retried_and_the_outcome_is_what_the_champion_pointer_holds(
 
 
 def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
-    bucket: str, flaky: Callable[[Fault], FlakyProxy], tmp_path: Path
+    bucket: str,
+    flaky: Callable[[Fault], FlakyProxy],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
     data = validate_data(fetch_data(LocalStore(folder), tmp_path / "cache"), tmp_path / "w", 5, 0.1)
@@ -163,10 +164,8 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
 
     proxy = flaky(always_for("GET", "versions/v1/model.keras", "slowdown"))
     # botocore's own retries, fewer of them so the test is quick; the outage outlasts them all.
-    client = boto3.client(
-        "s3", config=s3_client_config().merge(Config(retries={"max_attempts": 2}))
-    )
-    unreachable = ModelRegistry(S3Store(bucket, "registry", client=client), "m")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    unreachable = ModelRegistry(S3Store(bucket, "registry"), "m")
 
     with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
         evaluate(

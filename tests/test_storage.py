@@ -74,3 +74,15 @@ def test_local_store_leaves_no_temporary_files(tmp_path: Path) -> None:
     for index in range(5):
         store.put("x.json", str(index).encode())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
+def test_stores_that_reject_crc_checksums_are_served_by_boto3s_own_settings(
+    s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    monkeypatch.setenv("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    config = S3Store("any-bucket").client.meta.config
+    assert config.request_checksum_calculation == "when_required"
+    assert config.response_checksum_validation == "when_required"
+    assert config.retries["total_max_attempts"] == 3
