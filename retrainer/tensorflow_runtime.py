@@ -21,6 +21,8 @@ from dataclasses import dataclass
 # "I0000 00:00:1795928645.920767   13367 cudart_stub.cc:31] Could not find cuda drivers ..."
 START_UP_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [\w.]+:\d+\] (?P<message>.*)$")
 ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+# A line of our logging as Prefect formats it ("06:10:40.335 | INFO | ..."), never TensorFlow's.
+OUR_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ")
 GPU_WORDS = ("cuda", "cuinit", "gpu", "libcud", "nvidia", "driver")
 
 
@@ -63,11 +65,16 @@ def start_tensorflow() -> StartUp:
 
         gpus = len(tf.config.list_physical_devices("GPU"))
     gpu_messages = []
+    in_start_up = False  # a start-up line may go on over several lines
     for line in lines:
         if match := START_UP_LINE.match(line):
+            in_start_up = True
             message = match["message"]
             if any(word in message.lower() for word in GPU_WORDS):
                 gpu_messages.append(message)
-        elif not line.startswith(ABSL_PREAMBLE):
+        elif line.startswith(ABSL_PREAMBLE) or (in_start_up and not OUR_LOG_LINE.match(line)):
+            continue
+        else:
+            in_start_up = False
             print(line, file=sys.stderr)  # not TensorFlow's start-up: someone else's output
     return StartUp(gpus, tuple(dict.fromkeys(gpu_messages)))

@@ -404,3 +404,26 @@ def test_running_out_of_device_memory_is_not_retried_and_says_what_to_lower(
         train_model(batches, config, tmp_path / "out", mirror)
     assert isinstance(raised.value, BadInput)  # the retry rule lets it through at once
     assert "batches of 8 images of 16 px" in str(raised.value)
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_stays_out_of_the_output_but_its_gpu_reason_is_kept() -> None:
+    script = (
+        "from retrainer.tensorflow_runtime import start_tensorflow\n"
+        "start_up = start_tensorflow()\n"
+        "print('GPUS', start_up.gpus, '|'.join(start_up.gpu_messages))\n"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPOSITORY,
+        env={key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"},
+    )
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith("GPUS 0 ")
+    assert "cuda" in answer.stdout.lower()  # what TensorFlow said about the GPU it could not use
+    assert "absl::InitializeLog" not in answer.stderr
+    assert ".cc:" not in answer.stderr, answer.stderr
+    assert "rebuild TensorFlow" not in answer.stderr  # a start-up line's continuation
