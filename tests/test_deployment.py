@@ -84,7 +84,6 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     env = {
         **prefect_server,
         "RETRAINER_WORK_POOL": "e2e-process",
-        "RETRAINER_CODE_DIR": str(REPOSITORY),
         "RETRAINER_STORE_URL": str(tmp_path / "store"),
         "RETRAINER_DATA_URL": str(data),
         "RETRAINER_CACHE_DIR": str(tmp_path / "cache"),
@@ -132,15 +131,25 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
         tmp_path / f"store/models/deployed/versions/{champion['version']}/model.keras"
     ).is_file()
 
-    # A worker without the code: the pull step clones the repository. Same data, parameters and
-    # code, so this second night skips training.
-    cloning = {key: value for key, value in env.items() if key != "RETRAINER_CODE_DIR"}
-    cloning["RETRAINER_GIT_URL"] = str(REPOSITORY)
-    again = prefect(cloning, "deployment", "run", "retrain/nightly", "--params", parameters)
+    # A worker whose image carries another commit clones the repository: the version it publishes
+    # records the commit it cloned, not the image's.
+    cloned_commit = subprocess.run(
+        ["git", "-C", str(REPOSITORY), "rev-parse", "main"], capture_output=True, text=True
+    ).stdout.strip()
+    cloning = {
+        **env,
+        "RETRAINER_GIT_URL": str(REPOSITORY),
+        "RETRAINER_GIT_COMMIT": "the-image-s-commit",
+    }
+    forced = json.dumps({"parameters": {"epochs": 2, "model_name": "deployed", "force": True}})
+    again = prefect(cloning, "deployment", "run", "retrain/nightly", "--params", forced)
     second_run = re.search(r"UUID: ([0-9a-f-]{36})", again)
     assert second_run, again
     prefect(cloning, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
     assert flow_run_state(cloning, second_run.group(1)) == "COMPLETED"
+    versions = sorted((tmp_path / "store/models/deployed/versions").iterdir())
+    manifest = json.loads((versions[-1] / "manifest.json").read_text())
+    assert manifest["git_commit"] == cloned_commit
 
 
 def test_deployment_files_parse_and_the_schedule_is_nightly() -> None:
