@@ -36,7 +36,7 @@ deploy: $(UV)
 # Figures for the README's performance section; each prints its own table (a few minutes).
 bench: $(UV)
 	$(UV) sync --frozen --group bench
-	$(RUN) python -m bench.fetch
+	$(RUN) python -m bench.cold
 	$(RUN) python -m bench.pipeline
 	$(RUN) python -m bench.training
 	$(RUN) python -m bench.memory

@@ -76,15 +76,12 @@ def peak_rss_mb() -> float:
 
 def prepare_batches(work: Path, count: int, size: int = 64, batch_size: int = 32):
     """The project's own stages, from image files to the Batches record training reads."""
-    from retrainer.dataset import split_data
-    from retrainer.fetching import fetch_data
-    from retrainer.storage import LocalStore
-    from retrainer.validation import validate_data
+    from retrainer.local import batches_here
+    from retrainer.settings import TrainingConfig
 
     source = write_tree(work / "images", jpeg_images(count, classes=5, size=size))
-    snapshot = fetch_data(LocalStore(source), work / "cache")
-    data = validate_data(snapshot, work / "work", 5, 0.0)
-    return split_data(data, work / "work", size, batch_size, 0.15, 0.2, cache_decoded=True)
+    config = TrainingConfig(image_size=size, batch_size=batch_size)
+    return batches_here(str(source), str(work / "store"), work / "work", config, 5, 0.0)
 
 
 def in_memory_dataset(batches, subset: str):
@@ -94,9 +91,8 @@ def in_memory_dataset(batches, subset: str):
 
     from retrainer.dataset import input_fn
 
-    plain = batches.model_copy(update={"cache_decoded": False})
     images, labels = zip(
-        *((x.numpy(), y.numpy()) for x, y in input_fn(plain, subset, shuffle=False)), strict=True
+        *((x.numpy(), y.numpy()) for x, y in input_fn(batches, subset, shuffle=False)), strict=True
     )
     x, y = np.concatenate(images), np.concatenate(labels)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0)

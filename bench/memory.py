@@ -20,17 +20,15 @@ SIZE = 64
 def train_once(folder: Path) -> None:
     """In the child: the project's stages on the images in `folder`, then print peak memory."""
     from retrainer.checkpoints import checkpoint_mirror
-    from retrainer.dataset import split_data
-    from retrainer.fetching import fetch_data
+    from retrainer.local import batches_here
     from retrainer.settings import load_settings
     from retrainer.storage import LocalStore
     from retrainer.training import train_model
-    from retrainer.validation import validate_data
 
-    snapshot = fetch_data(LocalStore(folder / "images"), folder / "cache")
-    data = validate_data(snapshot, folder / "work", 5, 0.0)
-    batches = split_data(data, folder / "work", SIZE, 32, 0.15, 0.2, cache_decoded=True)
     settings = load_settings(epochs=2, early_stopping_patience=0, image_size=SIZE)
+    config = settings.training_config()
+    images, store = str(folder / "images"), str(folder / "store")
+    batches = batches_here(images, store, folder / "work", config, 5, 0.0)
     mirror = checkpoint_mirror(LocalStore(folder / "store"), folder / "cache", "bench", "m" * 32)
     train_model(batches, settings.training_config(), folder / "out", mirror)
     print(f"PEAK_RSS_MB {peak_rss_mb():.0f}")

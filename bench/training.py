@@ -1,6 +1,7 @@
-"""Training path: images/second of the default model through the project's `train_model` (tf.data
-from files, checkpoints mirrored to a store every epoch, TensorBoard, progress callbacks) against a
-bare `model.fit` on the same images in memory, same model and batch size, in one run.
+"""Training path: images/second of the default model through the project's `train_model`
+(tf.data from the prepared shards, checkpoints mirrored to a store every epoch, TensorBoard,
+progress callbacks) against a bare `model.fit` on the same images in memory, same model and batch
+size, in one run.
 
     make bench  (or: .venv/bin/python -m bench.training) [--images 2000]
 """
@@ -22,7 +23,7 @@ from retrainer.settings import load_settings
 from retrainer.storage import LocalStore
 from retrainer.training import train_model
 
-EPOCHS = 4  # epoch 1 is warm-up (tracing; decoding into the cache) and is left out
+EPOCHS = 4  # epoch 1 is warm-up (tracing; parsing the shards into the cache) and is left out
 
 
 def main() -> None:
@@ -76,7 +77,7 @@ def main() -> None:
         "with validation"
     )
     print(f"{'bare model.fit, in-memory tensors':44} {bare:6.0f} images/s")
-    print(f"{'retrainer train_model (files, checkpoints)':44} {ours:6.0f} images/s")
+    print(f"{'retrainer train_model (shards, checkpoints)':44} {ours:6.0f} images/s")
     print(f"project / bare: {ours / bare:.2f} (target >= 0.9)")
 
 

@@ -1,4 +1,4 @@
-"""The nightly retraining flow: fetch -> validate -> batches -> train -> gate -> publish."""
+"""The nightly flow: list -> prepare -> validate -> batches -> train -> gate -> publish."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import os
 
 from prefect import flow, get_run_logger
 
+from flows.prepare import prepare_dataset, task_runner_for
 from retrainer.records import Publication
 from retrainer.settings import RetrainParameters, load_settings
 from tasks.batches import build_batches
 from tasks.champion import read_champion
-from tasks.fetch import fetch
 from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
 from tasks.lease import model_lease
+from tasks.listing import list_objects
 from tasks.preflight import preflight
 from tasks.publish import publish
 from tasks.train import train
@@ -30,14 +31,17 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
     settings = load_settings().with_parameters(parameters)
     preflight(settings)
     with model_lease(settings):
-        snapshot = fetch(settings)
+        # Decided from one listing, before any image is downloaded or TensorFlow is imported.
+        snapshot = list_objects(settings)
         champion = read_champion(settings)
         work = identify(snapshot, settings)
         if already_done := check_for_changes(work, champion, settings):
             if not parameters.force:
-                return report_skipped(already_done)
+                return report_skipped(already_done, settings)
             get_run_logger().info("Force is set: training anyway")
-        data = validate(snapshot, champion, settings)
+        prepare = prepare_dataset.with_options(task_runner=task_runner_for(settings))
+        prepared = prepare(snapshot, settings)
+        data = validate(prepared, champion, settings)
         batches = build_batches(data, settings)
         trained = train(batches, work, champion, settings)
         decision = gate(batches, trained, champion, settings)

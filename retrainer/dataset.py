@@ -1,6 +1,6 @@
 """Batches: three stable splits and the one tf.data input function for every dataset.
 
-Each image is placed by a hash of its path into training, validation (early stopping, checkpoint
+Each image is placed by a hash of its key into training, validation (early stopping, checkpoint
 choice) or test (the gate only). As the dataset grows an image never changes split, so no version
 ever trained on, or was selected on, a test image, and comparisons night after night stay honest.
 
@@ -8,6 +8,10 @@ The test split is the lowest `test_fraction` of the hash range: where round 1 ke
 images (the lowest 20%). A store upgraded from two splits therefore gates on images no earlier
 version trained on (their old validation images, which early stopping did see: that favours the
 old champion on the first night, so the gate errs towards keeping it).
+
+Images are read from the prepared shards (TFRecord files of decoded, resized uint8 pixels, see
+`retrainer.preparation`); a shard may also hold records that left the data or belong to another
+subset, so every record is looked up by key and ETag and kept only when it is this subset's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from retrainer.errors import DataError
 from retrainer.records import Batches, ValidatedData
@@ -34,14 +38,16 @@ Subset = Literal["train", "validation", "test"]
 
 
 class Example(BaseModel):
-    path: str
+    key: str
+    etag: str
     label: int
 
 
 class Split(BaseModel):
-    """The split file: every usable image, by subset, with its class index."""
+    """The split file: the local shards, and every usable image by subset with its class index."""
 
     class_names: list[str]
+    shards: list[str] = Field(description="local paths of the shards holding these images")
     train: list[Example]
     validation: list[Example]
     test: list[Example]
@@ -67,20 +73,22 @@ def subset_of(relative_path: str, validation_fraction: float, test_fraction: flo
 
 def split_data(
     data: ValidatedData,
+    shard_paths: dict[str, Path],
     work_dir: Path,
-    image_size: int,
     batch_size: int,
     validation_fraction: float,
     test_fraction: float,
-    cache_decoded: bool = True,
 ) -> Batches:
     """Write the split to disk and describe it; the datasets are built where they are used."""
     subsets: dict[Subset, list[Example]] = {"train": [], "validation": [], "test": []}
-    for entry in data.read_index():
-        chosen = subset_of(entry.path, validation_fraction, test_fraction)
-        path = str(data.snapshot.cache_dir / entry.path)
-        subsets[chosen].append(Example(path=path, label=entry.label))
-    split = Split(class_names=data.class_names, **subsets)
+    for image in data.read_usable():
+        chosen = subset_of(image.key, validation_fraction, test_fraction)
+        subsets[chosen].append(Example(key=image.key, etag=image.etag, label=image.label))
+    split = Split(
+        class_names=data.class_names,
+        shards=[str(path) for _, path in sorted(shard_paths.items())],
+        **subsets,
+    )
 
     if not split.train:
         raise DataError(
@@ -97,15 +105,14 @@ def split_data(
                 f"{'it' if len(missing) == 1 else 'them'} or raise RETRAINER_{setting}_FRACTION"
             )
 
-    # Named by everything that shapes it, so a decoded-image cache beside it is never reused for
-    # other data or other fractions.
-    shape = f"{data.snapshot.fingerprint}|{validation_fraction}|{test_fraction}"
+    fingerprint = data.prepared.snapshot.fingerprint
+    shape = f"{fingerprint}|{data.prepared.spec.key()}|{validation_fraction}|{test_fraction}"
     split_path = work_dir / f"split-{hashlib.sha256(shape.encode()).hexdigest()[:16]}.json"
     write_atomically(split_path, split.model_dump_json().encode())
     return Batches(
         split_path=split_path,
         class_names=data.class_names,
-        image_size=image_size,
+        image_size=data.prepared.spec.image_size,
         batch_size=batch_size,
         train_count=len(split.train),
         validation_count=len(split.validation),
@@ -115,8 +122,7 @@ def split_data(
         train_per_class=count_per_class(split.train, data.class_names),
         validation_per_class=count_per_class(split.validation, data.class_names),
         test_per_class=count_per_class(split.test, data.class_names),
-        data_fingerprint=data.snapshot.fingerprint,
-        cache_decoded=cache_decoded,
+        data_fingerprint=fingerprint,
     )
 
 
@@ -130,63 +136,109 @@ def read_split(batches: Batches) -> Split:
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """Encoded image bytes to uint8 RGB: how training reads every image, and validation checks."""
+    """Encoded image bytes to uint8 RGB: how every image is read, for training and validation."""
     import tensorflow as tf
 
     return tf.io.decode_image(contents, channels=CHANNELS, expand_animations=False)
 
 
-def decode_problem(contents: bytes) -> str | None:
-    """Why TensorFlow cannot decode these bytes as `decode_image` does, or None when it can."""
+def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    """A decoded image to `size` x `size` uint8 pixels (bilinear, rounded)."""
     import tensorflow as tf
 
-    try:
-        decode_image(tf.constant(contents))
-    except tf.errors.OpError as error:
-        # "{{function_node ...}} Invalid PNG data, size 852 [Op:DecodeImage] name: "
-        message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", error.message.splitlines()[0])
-        return f"does not decode: {message}"
-    return None
+    return tf.cast(tf.round(tf.image.resize(image, (size, size), method="bilinear")), tf.uint8)
+
+
+def decode_failure(error: tf.errors.OpError) -> str:
+    """TensorFlow's decode error in one line: why a file cannot train."""
+    # "{{function_node ...}} Invalid PNG data, size 852 [Op:DecodeImage] name: "
+    message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", error.message.splitlines()[0])
+    return f"does not decode: {message}"
+
+
+# A shard record: the source object's key and ETag, and its prepared pixels (uint8, row-major).
+RECORD_FEATURES = ("key", "etag", "image")
+
+
+def encode_record(key: str, etag: str, pixels: bytes) -> bytes:
+    import tensorflow as tf
+
+    feature = {
+        name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+        for name, value in zip(RECORD_FEATURES, (key.encode(), etag.encode(), pixels), strict=True)
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_records(records: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A batch of serialized records to their key, ETag and raw pixel bytes."""
+    import tensorflow as tf
+
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in RECORD_FEATURES}
+    return tf.io.parse_example(records, spec)
+
+
+def record_id(key: tf.Tensor, etag: tf.Tensor) -> tf.Tensor:
+    """What a record is looked up by: its object's key and ETag."""
+    import tensorflow as tf
+
+    return tf.strings.join([key, etag], separator="\n")
 
 
 def input_fn(batches: Batches, subset: Subset, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
-    """Decoded, resized uint8 images with integer labels, batched and prefetched.
+    """Prepared uint8 images of one subset with integer labels, batched and prefetched.
 
-    Images stay uint8 until the model's own Rescaling layer: 4x smaller than float32 in the cache
-    and in every batch. With `cache_decoded`, files are decoded once, in the first epoch, into a
-    cache file beside the split (decoding on 2 cores competes with training for the same cores).
-    Memory stays flat however large the dataset grows: the shuffle buffer is bounded in bytes.
+    Images stay uint8 until the model's own Rescaling layer: 4x smaller than float32 on disk and
+    in every batch. Records are parsed a batch at a time and filtered by a lookup table of this
+    subset's images, in the first epoch; later epochs read the subset's cache file. Memory stays
+    flat however large the dataset grows: the shards are streamed and the shuffle buffer is
+    bounded in bytes. Without shuffle the order is the split's shard order, the same on every
+    pass (the gate pairs predictions with labels across passes).
     """
     import tensorflow as tf
 
-    examples = read_split(batches).subset(subset)
-    paths = [example.path for example in examples]
-    labels = [example.label for example in examples]
+    split = read_split(batches)
+    examples = split.subset(subset)
     size = batches.image_size
+    ids = record_id([example.key for example in examples], [example.etag for example in examples])
+    labels = [example.label for example in examples]
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(ids, tf.constant(labels, tf.int32)), default_value=-1
+    )
 
-    def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = decode_image(tf.io.read_file(path))
-        image = tf.image.resize(image, (size, size))
-        return tf.cast(tf.round(image), tf.uint8), label
+    def decode(records: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        parsed = parse_records(records)
+        pixels = tf.io.decode_raw(parsed["image"], tf.uint8)
+        images = tf.reshape(pixels, (-1, size, size, CHANNELS))
+        return images, table.lookup(record_id(parsed["key"], parsed["etag"]))
 
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    files = tf.data.Dataset.from_tensor_slices(split.shards)
     if shuffle:
-        # File names are cheap to shuffle in full; the cache then holds a random order.
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=False)
-    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if batches.cache_decoded:
-        dataset = dataset.cache(str(decoded_cache_path(batches, subset)))
+        files = files.shuffle(len(split.shards), seed=seed, reshuffle_each_iteration=True)
+    dataset = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(split.shards)) if shuffle else 1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    # Parsed in blocks (one vectorised op for many records), then back to single images.
+    dataset = dataset.batch(256).map(decode, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+    # Every image of the subset exactly once: a shard that lost a record fails here, loudly.
+    dataset = dataset.filter(lambda image, label: label >= 0).apply(
+        tf.data.experimental.assert_cardinality(len(examples))
+    )
+    # After the first epoch the subset is read from one local file: no parsing, no records of
+    # other subsets (on 2 cores, parsing competes with training for the same cores).
+    dataset = dataset.cache(str(subset_cache_path(batches, subset)))
     if shuffle:
         buffer = max(1, min(len(examples), SHUFFLE_BUFFER_BYTES // (size * size * CHANNELS)))
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batches.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def decoded_cache_path(batches: Batches, subset: str) -> Path:
-    """One cache per split, subset and image size; a stale lock of a killed run is removed."""
-    prefix = batches.split_path.with_name(
-        f"{batches.split_path.stem}-{subset}-{batches.image_size}px.cache"
-    )
+def subset_cache_path(batches: Batches, subset: Subset) -> Path:
+    """One cache per split and subset, beside the split; a stale lock of a killed run is removed."""
+    prefix = batches.split_path.with_name(f"{batches.split_path.stem}-{subset}.cache")
     for stale in prefix.parent.glob(f"{prefix.name}*.lockfile"):
         stale.unlink()
     return prefix

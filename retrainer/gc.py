@@ -9,11 +9,13 @@ Removed from the store:
 - partial writes: multipart uploads never completed, `.tmp-` files of the local store;
 - checkpoints of work that finished (it has a work record) or that nobody touched for
   `older_than` (abandoned: its data or parameters changed before it could finish);
-- versions that were not promoted, older than `older_than`, beyond the newest `keep`.
+- versions that were not promoted, older than `older_than`, beyond the newest `keep`;
+- prepared shards no prepared index names (compacted, or of data that changed), older than
+  `older_than` (younger ones may belong to a preparation still running).
 
 Removed from the worker's disk (a cache: everything there can be fetched again): run folders,
-checkpoint copies, index files and champion models (but the current champion's) untouched for a
-day.
+checkpoint copies, prepared shards and champion models (but the current champion's) untouched
+for a day.
 
 It runs under the model's lease, so no run of the model is live while it deletes.
 """
@@ -25,9 +27,13 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from retrainer.cache import LocalCache
+from retrainer.preparation import INDEX_KEY, shard_key
+from retrainer.records import PreparedIndex
 from retrainer.registry import ModelRegistry
-from retrainer.storage import ObjectInfo
+from retrainer.storage import ObjectInfo, ObjectNotFound
 
 LOCAL_LEFTOVER_AGE = timedelta(days=1)
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -47,6 +53,7 @@ def collect_garbage(
     removed = [f"store: {item}" for item in registry.store.remove_partials(cutoff, dry_run)]
     removed += _collect_versions(registry, keep, cutoff, dry_run)
     removed += _collect_checkpoints(registry, cutoff, dry_run)
+    removed += _collect_shards(registry, cutoff, dry_run)
     removed += _collect_local(registry, cache, now - LOCAL_LEFTOVER_AGE, dry_run)
     return removed
 
@@ -115,6 +122,29 @@ def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: boo
     return removed
 
 
+def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
+    datasets: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for info in registry.store.list("prepared/"):
+        if info.key.count("/") == 4:  # prepared/<data>/<spec>/shards/<sha256>.tfrecord
+            datasets[info.key.rsplit("/", 2)[0]].append(info)
+    removed = []
+    for dataset, shards in sorted(datasets.items()):
+        try:
+            index = PreparedIndex.model_validate_json(registry.store.get(f"{dataset}/{INDEX_KEY}"))
+        except (ObjectNotFound, ValidationError):
+            continue  # without a readable index nothing can be shown unused
+        named = {shard_key(shard) for shard in index.shards}
+        unused = [
+            info
+            for info in shards
+            if info.key.removeprefix(f"{dataset}/") not in named
+            and (info.modified or cutoff) < cutoff
+        ]
+        removed += [f"store: {info.key} (prepared shard no index names)" for info in unused]
+        _delete_all(registry, unused, dry_run)
+    return removed
+
+
 def _newest_change(path: Path) -> datetime:
     times = [path.stat().st_mtime, *(child.stat().st_mtime for child in path.rglob("*"))]
     return datetime.fromtimestamp(max(times), UTC)
@@ -127,7 +157,7 @@ def _collect_local(
     candidates = [
         *(cache.runs_dir.glob("*")),
         *(cache.root / "checkpoints" / registry.model_name).glob("*"),
-        *cache.work_dir.glob("index-*"),
+        *cache.shards_dir.glob("*"),
     ]
     candidates += [
         path

@@ -6,6 +6,7 @@ so every stage can be logged, retried and tested on its own.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -22,18 +23,127 @@ class RefusedObject(BaseModel):
     reason: str
 
 
+class ListedObject(BaseModel):
+    """One object of the data as the listing saw it."""
+
+    key: str
+    etag: str
+    size: int
+
+
+LISTING = TypeAdapter(list[ListedObject])
+
+
 class DataSnapshot(BaseModel):
-    """The data as fetched into the local cache."""
+    """The data as one listing saw it: nothing is downloaded to know this."""
 
     source_url: str
-    cache_dir: Path = Field(description="the local copy, on this worker")
     fingerprint: str = Field(description="sha256 over every object's key, ETag and size")
     file_count: int
-    downloaded: int
-    deleted: int
+    listing_path: Path = Field(description="JSON list of ListedObject, local to this worker")
     refused: list[RefusedObject] = Field(
-        default_factory=list, description="objects not copied: unsafe keys, links, vanished"
+        default_factory=list, description="objects not used: unsafe keys, links, vanished"
     )
+
+    def read_listing(self) -> list[ListedObject]:
+        return LISTING.validate_json(self.listing_path.read_bytes())
+
+
+# Raise when the checks, the decoding or the shard format change: everything is prepared again.
+PREPARATION_VERSION = 1
+
+
+class PreparationSpec(BaseModel):
+    """Everything that shapes a prepared image and its verdict: the preprocessing contract.
+
+    Images are decoded by `retrainer.dataset.decode_image`, resized to `image_size` squared with
+    `resize_method`, rounded and kept as `dtype` with `channels` channels.
+    """
+
+    image_size: int
+    channels: Literal[3] = 3
+    resize_method: Literal["bilinear"] = "bilinear"
+    dtype: Literal["uint8"] = "uint8"
+    max_image_bytes: int
+    max_image_pixels: int
+    version: int = PREPARATION_VERSION
+
+    @classmethod
+    def of(cls, config: TrainingConfig) -> PreparationSpec:
+        return cls(
+            image_size=config.image_size,
+            max_image_bytes=config.max_image_bytes,
+            max_image_pixels=config.max_image_pixels,
+        )
+
+    def key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class PreparedObject(BaseModel):
+    """One source object, prepared: its verdict and, when usable, the shard holding its pixels."""
+
+    etag: str
+    size: int
+    problem: str | None = Field(None, description="why it cannot train; None when it can")
+    shard: str | None = Field(None, description="sha256 of the shard holding its record")
+
+
+class ShardInfo(BaseModel):
+    size: int
+    records: int = Field(description="records written, live or not")
+
+
+class PreparedIndex(BaseModel):
+    """`index.json` of a prepared dataset: every object's verdict, and the shards holding pixels."""
+
+    source_url: str
+    spec: PreparationSpec
+    objects: dict[str, PreparedObject] = Field(default_factory=dict)
+    shards: dict[str, ShardInfo] = Field(default_factory=dict)
+
+
+class PreparationChunk(BaseModel):
+    """One unit of preparation work, written into one new shard; runs on any worker."""
+
+    data_url: str
+    prepared_url: str = Field(description="the store and prefix of the prepared dataset")
+    spec: PreparationSpec
+    objects: list[ListedObject] = Field(description="new or changed source objects to prepare")
+    carried: dict[str, list[ListedObject]] = Field(
+        default_factory=dict,
+        description="records kept from mostly dead shards (compaction), by shard",
+    )
+    keep_in: Path | None = Field(
+        None, description="the local shards folder, when the chunk runs on the training worker"
+    )
+
+
+class PreparedChunk(BaseModel):
+    """What one chunk made: the verdicts of its objects and the shard it wrote, if any."""
+
+    objects: dict[str, PreparedObject]
+    shard: str | None
+    shard_info: ShardInfo | None
+    refused: list[RefusedObject] = Field(default_factory=list)
+
+
+class PreparedData(BaseModel):
+    """The prepared dataset as of this run's listing; its index is copied into the run folder."""
+
+    snapshot: DataSnapshot
+    prepared_url: str
+    spec: PreparationSpec
+    index_path: Path = Field(description="the PreparedIndex, local to this worker")
+    prepared: int = Field(description="objects prepared (or carried by compaction) by this run")
+    reused: int = Field(description="objects whose verdict and pixels were already in the store")
+    shards_written: int
+    refused: list[RefusedObject] = Field(
+        default_factory=list, description="the listing's refusals and objects that vanished"
+    )
+
+    def read_index(self) -> PreparedIndex:
+        return PreparedIndex.model_validate_json(self.index_path.read_bytes())
 
 
 class Work(BaseModel):
@@ -53,29 +163,30 @@ class QuarantinedFile(BaseModel):
     reason: str
 
 
-class IndexEntry(BaseModel):
-    """One usable image: its path relative to the data folder and its class index."""
+class UsableImage(BaseModel):
+    """One image that trains: its key, the ETag it was prepared from, the shard, its class."""
 
-    path: str
+    key: str
+    etag: str
+    shard: str
     label: int
 
 
-INDEX = TypeAdapter(list[IndexEntry])
+USABLE = TypeAdapter(list[UsableImage])
 
 
 class ValidatedData(BaseModel):
     """Images that decode, grouped by class, and the files set aside."""
 
-    snapshot: DataSnapshot
+    prepared: PreparedData
     class_names: list[str]
     images_per_class: dict[str, int]
-    index_path: Path = Field(description="JSON list of IndexEntry, local to this worker")
+    usable_path: Path = Field(description="JSON list of UsableImage, local to this worker")
     quarantined: list[QuarantinedFile] = Field(default_factory=list)
     class_change: str | None = Field(None, description="how the classes differ from the champion's")
-    decoded: int = Field(0, description="files decoded this time (the others were known)")
 
-    def read_index(self) -> list[IndexEntry]:
-        return INDEX.validate_json(self.index_path.read_bytes())
+    def read_usable(self) -> list[UsableImage]:
+        return USABLE.validate_json(self.usable_path.read_bytes())
 
 
 class Batches(BaseModel):
@@ -94,7 +205,6 @@ class Batches(BaseModel):
     validation_per_class: dict[str, int]
     test_per_class: dict[str, int]
     data_fingerprint: str
-    cache_decoded: bool = True
 
 
 class TrainedModel(BaseModel):

@@ -116,8 +116,8 @@ def run_report(
         f"per class: {counts}. Fingerprint `{batches.data_fingerprint[:12]}`.",
         f"{len(data.quarantined)} file(s) quarantined"
         + listed([(item.path, item.reason) for item in data.quarantined]),
-        f"{len(data.snapshot.refused)} object(s) refused"
-        + listed([(item.key, item.reason) for item in data.snapshot.refused]),
+        f"{len(data.prepared.refused)} object(s) refused"
+        + listed([(item.key, item.reason) for item in data.prepared.refused]),
         f"Classes: {data.class_change}" if data.class_change else "",
         "",
         "## Training",

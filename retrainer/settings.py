@@ -206,7 +206,8 @@ class Settings(TrainingConfig, BaseSettings):
         f"dataset in the store ({DEMO_DATASET_KEY}).",
     )
     cache_dir: Path = Field(
-        Path("./.retrainer/cache"), description="Local folder for fetched data and work files."
+        Path("./.retrainer/cache"),
+        description="Local folder for shards, checkpoints and run files: a cache only.",
     )
     model_name: str = Field("demo", description="Name the model is published under.")
     min_images_per_class: int = Field(5, ge=1, description="Fewer images in a class stop the run.")
@@ -217,8 +218,13 @@ class Settings(TrainingConfig, BaseSettings):
         "fail",
         description="When the classes differ from the champion's: stop, or train a new head.",
     )
-    cache_decoded: bool = Field(
-        True, description="Keep decoded images in a file cache after the first epoch."
+    prepare_workers: int = Field(
+        4, ge=1, le=64, description="Chunks of new images prepared at once on this worker."
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler address (tcp://host:8786) of a Dask cluster that prepares the "
+        "new images instead of this worker; needs the `dask` extra on both sides.",
     )
     device: Literal["auto", "gpu", "cpu"] = Field(
         "auto",

@@ -1,67 +1,61 @@
-"""Validate: every image must decode, with the decoder training uses, before any training time.
+"""Validate: the verdicts of the prepare stage, turned into the decision to train or stop.
 
-Files that are empty, too large, corrupt, not images or outside a class folder are quarantined
-(kept out of training and listed with the reason); too many of them, or too few classes or images,
-stop the run. A file passes only if TensorFlow's own decoder (the one `input_fn` uses) decodes it:
-Pillow reads more than TensorFlow does (1-bit and run-length-encoded BMPs, PNGs with bad checksums).
-Verdicts are kept per object ETag and per set of rules, so a changed rule re-checks every file.
+A file is unusable when it is empty, too large, not an image, outside a class folder, or when
+TensorFlow's own decoder (the one every image is read with) fails on it: Pillow reads more than
+TensorFlow does (1-bit and run-length-encoded BMPs, PNGs with bad checksums). Unusable files are
+quarantined (kept out of training and listed with the reason); too many of them, or too few
+classes or images, stop the run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import io
 import logging
 import warnings
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel
 
 from retrainer import Log
-from retrainer.dataset import decode_problem
 from retrainer.errors import DataError
-from retrainer.fetching import read_manifest
-from retrainer.records import INDEX, DataSnapshot, IndexEntry, QuarantinedFile, ValidatedData
-from retrainer.settings import TrainingConfig
+from retrainer.records import (
+    USABLE,
+    PreparationSpec,
+    PreparedData,
+    QuarantinedFile,
+    UsableImage,
+    ValidatedData,
+)
 from retrainer.storage import write_atomically
 
 # The formats tf.io.decode_image reads.
 ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
-# Raise when the checks themselves change: every cached verdict is then made again.
-RULES_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
 
-class ValidationRules(BaseModel):
-    """What a file must satisfy to train; the limits are settings."""
-
-    max_image_bytes: int
-    max_image_pixels: int
-    version: int = RULES_VERSION
-
-    @classmethod
-    def of(cls, config: TrainingConfig) -> ValidationRules:
-        return cls(max_image_bytes=config.max_image_bytes, max_image_pixels=config.max_image_pixels)
-
-    def key(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
-
-
-def image_problem(path: Path, rules: ValidationRules) -> str | None:
-    """Why this file cannot be a training image, or None when it can."""
-    size = path.stat().st_size
+def size_problem(size: int, spec: PreparationSpec) -> str | None:
+    """Why a file of `size` bytes cannot be a training image, or None."""
     if size == 0:
         return "empty file"
-    if size > rules.max_image_bytes:
-        return f"{size:,} bytes, more than RETRAINER_MAX_IMAGE_BYTES ({rules.max_image_bytes:,})"
+    if size > spec.max_image_bytes:
+        return f"{size:,} bytes, more than RETRAINER_MAX_IMAGE_BYTES ({spec.max_image_bytes:,})"
+    return None
+
+
+def header_problem(contents: bytes, spec: PreparationSpec) -> str | None:
+    """Why these bytes cannot be a training image, judged from their size and header alone.
+
+    Run before any pixel is decoded; the decode itself is the last check (see preparation).
+    """
+    if problem := size_problem(len(contents), spec):
+        return problem
     try:
         # Opening reads the header only: format and declared size, before any pixel is decoded.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(contents)) as image:
                 image_format, (width, height) = image.format, image.size
     except Image.DecompressionBombError as error:
         return f"declares too many pixels to decode safely ({error})"
@@ -71,12 +65,12 @@ def image_problem(path: Path, rules: ValidationRules) -> str | None:
         return f"does not decode: {error}"
     if image_format not in ACCEPTED_FORMATS:
         return f"format {image_format} is not one of JPEG, PNG, GIF, BMP"
-    if width * height > rules.max_image_pixels:
+    if width * height > spec.max_image_pixels:
         return (
             f"declares {width}x{height} pixels, more than RETRAINER_MAX_IMAGE_PIXELS "
-            f"({rules.max_image_pixels:,})"
+            f"({spec.max_image_pixels:,})"
         )
-    return decode_problem(path.read_bytes())
+    return None
 
 
 def compare_class_sets(
@@ -99,62 +93,39 @@ def compare_class_sets(
 
 
 def validate_data(
-    snapshot: DataSnapshot,
+    prepared: PreparedData,
     work_dir: Path,
     min_images_per_class: int,
     max_quarantined_fraction: float,
     champion_classes: list[str] | None = None,
     on_class_change: str = "fail",
     log: Log = logger,
-    rules: ValidationRules | None = None,
 ) -> ValidatedData:
-    """Check every cached file, write the index of usable images, summarise per class.
-
-    Verdicts are kept per object ETag, so a night with a few new images decodes only those.
-    """
-    rules = rules or ValidationRules.of(TrainingConfig())
-    objects = read_manifest(snapshot.cache_dir)
-    verdicts_path = work_dir / f"verdicts-{snapshot.cache_dir.name}-{rules.key()}.json"
-    try:
-        known: dict[str, list[object]] = json.loads(verdicts_path.read_text())
-    except FileNotFoundError:
-        known = {}
-    verdicts: dict[str, list[object]] = {}
-    for relative, (etag, _size) in sorted(objects.items()):
-        if known.get(relative, [None])[0] == etag:
-            verdicts[relative] = known[relative]
-        elif "/" not in relative:
-            verdicts[relative] = [etag, "not inside a class folder"]
-        else:
-            verdicts[relative] = [etag, image_problem(snapshot.cache_dir / relative, rules)]
-    write_atomically(verdicts_path, json.dumps(verdicts).encode())
-    checked = sum(1 for relative in verdicts if known.get(relative) != verdicts[relative])
-    log.info(
-        "Decoded %d new or changed files; %d verdicts reused", checked, len(verdicts) - checked
-    )
-
-    usable: list[tuple[str, str]] = []
+    """Judge the prepared verdicts, write the list of usable images, summarise per class."""
+    index = prepared.read_index()
+    usable: list[tuple[str, str, str, str]] = []
     quarantined: list[QuarantinedFile] = []
-    for relative, (_etag, problem) in verdicts.items():
-        if problem:
-            quarantined.append(QuarantinedFile(path=relative, reason=str(problem)))
+    for key, entry in sorted(index.objects.items()):
+        if entry.problem or entry.shard is None:
+            quarantined.append(QuarantinedFile(path=key, reason=entry.problem or "no pixels"))
         else:
-            usable.append((relative, relative.split("/", 1)[0]))
+            usable.append((key, entry.etag, entry.shard, key.split("/", 1)[0]))
 
     for item in quarantined:
         log.warning("Quarantined %s: %s", item.path, item.reason)
-    if verdicts and len(quarantined) / len(verdicts) > max_quarantined_fraction:
+    checked = len(index.objects)
+    if checked and len(quarantined) / checked > max_quarantined_fraction:
         raise DataError(
-            f"{len(quarantined)} of {len(verdicts)} files are unusable, more than the allowed "
+            f"{len(quarantined)} of {checked} files are unusable, more than the allowed "
             f"{max_quarantined_fraction:.0%}: fix the data or raise "
             "RETRAINER_MAX_QUARANTINED_FRACTION"
         )
 
-    counts = Counter(class_name for _, class_name in usable)
+    counts = Counter(class_name for *_, class_name in usable)
     class_names = sorted(counts)
     if len(class_names) < 2:
         raise DataError(
-            f"found {len(class_names)} class folder(s) in {snapshot.source_url}: "
+            f"found {len(class_names)} class folder(s) in {prepared.snapshot.source_url}: "
             "a classifier needs at least two, one sub-folder of images per class"
         )
     too_small = {name: count for name, count in counts.items() if count < min_images_per_class}
@@ -170,9 +141,12 @@ def validate_data(
         log.warning("%s: training a new model", class_change.capitalize())
 
     label_of = {name: index for index, name in enumerate(class_names)}
-    index = [IndexEntry(path=relative, label=label_of[name]) for relative, name in usable]
-    index_path = work_dir / f"index-{snapshot.fingerprint[:16]}-{rules.key()}.json"
-    write_atomically(index_path, INDEX.dump_json(index))
+    images = [
+        UsableImage(key=key, etag=etag, shard=shard, label=label_of[name])
+        for key, etag, shard, name in usable
+    ]
+    usable_path = work_dir / "usable-images.json"
+    write_atomically(usable_path, USABLE.dump_json(images))
 
     summary = ", ".join(f"{name}: {counts[name]}" for name in class_names)
     log.info(
@@ -183,11 +157,10 @@ def validate_data(
         len(quarantined),
     )
     return ValidatedData(
-        snapshot=snapshot,
+        prepared=prepared,
         class_names=class_names,
         images_per_class={name: counts[name] for name in class_names},
-        index_path=index_path,
+        usable_path=usable_path,
         quarantined=quarantined,
         class_change=class_change,
-        decoded=checked,
     )

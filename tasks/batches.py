@@ -1,4 +1,5 @@
-"""The build-batches task: the stable train/validation split the train and gate tasks read."""
+"""The build-batches task: the shards on this worker, and the stable split the train and gate
+tasks read."""
 
 from __future__ import annotations
 
@@ -6,21 +7,33 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from retrainer.dataset import split_data
+from retrainer.preparation import fetch_shards
 from retrainer.records import Batches, ValidatedData
 from retrainer.settings import Settings
-from tasks.runtime import current_run_id
+from tasks.retries import retry_unless_bad_input
+from tasks.runtime import current_run_id, progress_reporter
 
 
-@task(name="build batches")
+@task(
+    name="build batches",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_bad_input,
+)
 def build_batches(data: ValidatedData, settings: Settings) -> Batches:
+    shards = fetch_shards(
+        data.prepared,
+        settings.cache.shards_dir,
+        get_run_logger(),
+        progress_reporter("Downloading the prepared shards"),
+    )
     batches = split_data(
         data,
+        shards,
         work_dir=settings.cache.run_dir(current_run_id()),
-        image_size=settings.image_size,
         batch_size=settings.batch_size,
         validation_fraction=settings.validation_fraction,
         test_fraction=settings.test_fraction,
-        cache_decoded=settings.cache_decoded,
     )
     get_run_logger().info(
         "Split %d images: %d for training, %d for validation (early stopping), %d for the "

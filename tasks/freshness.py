@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -12,6 +14,7 @@ from retrainer.report import artifact_key, skipped_report
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
+from tasks.runtime import current_run_id
 
 
 @task(name="identify work")
@@ -39,7 +42,8 @@ def check_for_changes(
 
 
 @task(name="report skipped run")
-def report_skipped(skipped: Publication) -> Publication:
+def report_skipped(skipped: Publication, settings: Settings) -> Publication:
+    shutil.rmtree(settings.cache.run_dir(current_run_id()), ignore_errors=True)
     create_markdown_artifact(
         markdown=skipped_report(skipped),
         key=artifact_key(skipped.model_name),

@@ -66,5 +66,4 @@ def publish(
     )
     # Everything of this run is in the store now; its local files would only fill the disk.
     shutil.rmtree(settings.cache.run_dir(current_run_id()), ignore_errors=True)
-    data.index_path.unlink(missing_ok=True)
     return publication

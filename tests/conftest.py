@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from retrainer.demo import digit_png
 from retrainer.records import FileEntry, Manifest
 from retrainer.registry import ModelRegistry
 from retrainer.storage import LocalStore
+from tests.flaky_proxy import Fault, FlakyProxy
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -80,6 +81,21 @@ def bucket(s3_env: str) -> str:
     return name
 
 
+@pytest.fixture
+def flaky(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Fault], FlakyProxy]]:
+    proxies: list[FlakyProxy] = []
+
+    def through(fault: Fault) -> FlakyProxy:
+        proxy = FlakyProxy(s3_env, fault)
+        proxies.append(proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        return proxy
+
+    yield through
+    for proxy in proxies:
+        proxy.close()
+
+
 @pytest.fixture(autouse=True)
 def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test runs in its own folder (so no .env leaks in) with no RETRAINER_ variables."""
@@ -124,7 +140,11 @@ def write_files(folder: Path, files: dict[str, bytes]) -> Path:
 
 
 def publish_stub_version(
-    registry: ModelRegistry, version: str, files: dict[str, bytes], class_names: list[str]
+    registry: ModelRegistry,
+    version: str,
+    files: dict[str, bytes],
+    class_names: list[str],
+    work_key: str | None = None,
 ) -> None:
     """A fully published version as the registry reads it: its files, then a valid manifest."""
     for name, data in files.items():
@@ -145,7 +165,7 @@ def publish_stub_version(
         resumed_from_epoch=0,
         epochs_run=1,
         git_commit="test",
-        work_key=f"work-of-{version}",
+        work_key=work_key or f"work-of-{version}",
         packages={},
         run_id=f"run-{version}",
         started_at=now,

@@ -147,3 +147,24 @@ def first_n_for(method: str, path_part: str, action: str, n: int) -> Fault:
             return action if next(counter) <= n else "pass"
 
     return fault
+
+
+class RequestLog:
+    """A fault that lets every request pass and remembers it: how many reads reached a prefix."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, method: str, path: str) -> str:
+        with self.lock:
+            self.requests.append((method, path))
+        return "pass"
+
+    def count(self, method: str, path_prefix: str) -> int:
+        with self.lock:
+            return sum(1 for m, p in self.requests if m == method and p.startswith(path_prefix))
+
+    def clear(self) -> None:
+        with self.lock:
+            self.requests.clear()

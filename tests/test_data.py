@@ -1,12 +1,17 @@
-"""Data in: incremental fetch against the real loopback S3 endpoint, validation, the split."""
+"""Data in: listing and preparation against the real loopback S3 endpoint, validation, the split.
+
+The prepared dataset (verdicts and shards in the store) is what a cold worker starts from, so its
+tests use a fresh cache folder wherever a worker's disk would be empty.
+"""
 
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -14,14 +19,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retrainer.cache import LocalCache
 from retrainer.dataset import input_fn, read_split, split_data, subset_of
 from retrainer.errors import DataError
-from retrainer.fetching import LOCK_NAME, MANIFEST_NAME, fetch_data
-from retrainer.records import DataSnapshot
-from retrainer.storage import LocalStore, S3Store
-from retrainer.validation import ValidationRules, compare_class_sets, validate_data
+from retrainer.gc import collect_garbage
+from retrainer.listing import list_data
+from retrainer.local import prepare_here
+from retrainer.preparation import (
+    CHUNK_OBJECTS,
+    INDEX_KEY,
+    ShardCorrupt,
+    fetch_shards,
+    shard_key,
+)
+from retrainer.records import Batches, DataSnapshot, PreparationSpec, PreparedData, ValidatedData
+from retrainer.registry import ModelRegistry
+from retrainer.settings import TrainingConfig
+from retrainer.storage import LocalStore, ObjectStore, S3Store, open_store
+from retrainer.validation import compare_class_sets, validate_data
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
 from tests.conftest import digit_images, write_files
+
+SPEC = PreparationSpec.of(TrainingConfig(image_size=16))
 
 
 def put_all(bucket: str, prefix: str, files: dict[str, bytes]) -> None:
@@ -30,41 +49,54 @@ def put_all(bucket: str, prefix: str, files: dict[str, bytes]) -> None:
         client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
 
 
-def cached_files(snapshot: DataSnapshot) -> set[str]:
-    return {
-        path.relative_to(snapshot.cache_dir).as_posix()
-        for path in snapshot.cache_dir.rglob("*")
-        if path.is_file() and path.name not in (MANIFEST_NAME, LOCK_NAME)
-    }
+def listing_of(store: ObjectStore, tmp_path: Path) -> DataSnapshot:
+    """A fresh run folder each time: what a new night on any worker starts from."""
+    return list_data(store, tmp_path / f"run-{uuid.uuid4().hex[:8]}" / "listing.json")
 
 
-def test_fetch_reads_every_page_of_the_listing(bucket: str, tmp_path: Path) -> None:
+def prepare(store: ObjectStore, tmp_path: Path, spec: PreparationSpec = SPEC) -> PreparedData:
+    return prepare_here(listing_of(store, tmp_path), str(tmp_path / "registry"), spec)
+
+
+def batches_of(data: ValidatedData, tmp_path: Path, validation: float, test: float) -> Batches:
+    """Split `data`, reading shards from a new, empty cache folder (a cold worker)."""
+    cache = tmp_path / f"cache-{uuid.uuid4().hex[:8]}"
+    shards = fetch_shards(data.prepared, cache / "shards")
+    return split_data(data, shards, cache, 8, validation, test)
+
+
+def test_the_listing_reads_every_page(bucket: str, tmp_path: Path) -> None:
     files = {f"class{index % 2}/{index:05d}.txt": b"x" for index in range(250)}
     put_all(bucket, "many", files)
     store = S3Store(bucket, "many")
     store.list_page_size = 100  # three pages, as 1,000 keys a page would give with 2,500 objects
-    snapshot = fetch_data(store, tmp_path / "cache")
-    assert snapshot.file_count == snapshot.downloaded == 250
-    assert cached_files(snapshot) == set(files)
+    snapshot = listing_of(store, tmp_path)
+    assert snapshot.file_count == 250
+    assert {listed.key for listed in snapshot.read_listing()} == set(files)
 
 
-def test_incremental_fetch_downloads_only_what_changed(bucket: str, tmp_path: Path) -> None:
-    put_all(bucket, "data", {"a/1.png": b"one", "a/2.png": b"two", "b/3.png": b"three"})
+def test_an_unchanged_object_is_never_prepared_again_by_any_worker(
+    bucket: str, tmp_path: Path
+) -> None:
+    images = digit_images(classes=2, per_class=6)
+    put_all(bucket, "data", images)
     store = S3Store(bucket, "data")
-    first = fetch_data(store, tmp_path)
+    first = prepare(store, tmp_path)
+    assert (first.prepared, first.reused, first.shards_written) == (12, 0, 1)
 
-    unchanged = fetch_data(store, tmp_path)
-    assert unchanged.downloaded == 0 and unchanged.deleted == 0
-    assert unchanged.fingerprint == first.fingerprint
+    # Another worker, with nothing on its disk, finds all of it in the store.
+    unchanged = prepare(store, tmp_path)
+    assert (unchanged.prepared, unchanged.reused, unchanged.shards_written) == (0, 12, 0)
+    assert unchanged.snapshot.fingerprint == first.snapshot.fingerprint
 
-    put_all(bucket, "data", {"a/2.png": b"two, edited", "b/4.png": b"four"})
-    boto3.client("s3").delete_object(Bucket=bucket, Key="data/a/1.png")
-    changed = fetch_data(store, tmp_path)
-    assert changed.downloaded == 2
-    assert changed.deleted == 1
-    assert changed.fingerprint != first.fingerprint
-    assert cached_files(changed) == {"a/2.png", "b/3.png", "b/4.png"}
-    assert (changed.cache_dir / "a/2.png").read_bytes() == b"two, edited"
+    put_all(bucket, "data", {"0/000.png": images["1/000.png"], "1/new.png": images["1/001.png"]})
+    boto3.client("s3").delete_object(Bucket=bucket, Key="data/0/001.png")
+    changed = prepare(store, tmp_path)
+    assert (changed.prepared, changed.reused, changed.shards_written) == (2, 10, 1)
+    index = changed.read_index()
+    assert "0/001.png" not in index.objects  # deleted objects leave the index
+    assert index.objects["0/000.png"].etag != first.read_index().objects["0/000.png"].etag
+    assert len(index.shards) == 2 and changed.snapshot.fingerprint != first.snapshot.fingerprint
 
 
 def test_keys_that_do_not_map_to_one_safe_path_are_refused_with_the_reason(
@@ -75,7 +107,7 @@ def test_keys_that_do_not_map_to_one_safe_path_are_refused_with_the_reason(
     put_all(bucket, "data", {"a\\win.png": b"x", "/abs.png": b"x", f"a/{long_name}": b"x"})
     put_all(bucket, "data", {"a//x.png": b"x", "a/./y.png": b"x", "b/": b""})  # b/: a folder
 
-    snapshot = fetch_data(S3Store(bucket, "data"), tmp_path / "deep" / "cache")
+    snapshot = listing_of(S3Store(bucket, "data"), tmp_path)
 
     reasons = {item.key: item.reason for item in snapshot.refused}
     assert reasons == {
@@ -87,11 +119,8 @@ def test_keys_that_do_not_map_to_one_safe_path_are_refused_with_the_reason(
         "a//x.png": "has an empty, '.' or '..' component",
         "a/./y.png": "has an empty, '.' or '..' component",
     }
-    assert cached_files(snapshot) == {"a/ok.png"}  # the folder marker b/ is passed over
-    written = {p.name for p in tmp_path.rglob("*") if p.is_file()}
-    assert written == {"ok.png", MANIFEST_NAME, LOCK_NAME}
-    again = fetch_data(S3Store(bucket, "data"), tmp_path / "deep" / "cache")
-    assert again.downloaded == 0 and cached_files(again) == {"a/ok.png"}  # the same every night
+    # The folder marker b/ is passed over; the rest is what gets prepared.
+    assert [listed.key for listed in snapshot.read_listing()] == ["a/ok.png"]
 
 
 def test_symbolic_links_out_of_a_local_data_folder_are_refused(tmp_path: Path) -> None:
@@ -100,59 +129,99 @@ def test_symbolic_links_out_of_a_local_data_folder_are_refused(tmp_path: Path) -
     (folder / "a" / "passwd.png").symlink_to(tmp_path / "secret.txt")
     (folder / "a" / "alias.png").symlink_to(folder / "b" / "in.png")  # inside: fine
 
-    snapshot = fetch_data(LocalStore(folder), tmp_path / "cache")
+    prepared = prepare(LocalStore(folder), tmp_path)
 
-    assert [(item.key, item.reason) for item in snapshot.refused] == [
+    assert [(item.key, item.reason) for item in prepared.refused] == [
         ("a/passwd.png", "a symbolic link out of the folder")
     ]
-    assert cached_files(snapshot) == {"a/ok.png", "a/alias.png", "b/in.png"}
-    assert "root:x" not in "".join(path.read_text() for path in snapshot.cache_dir.rglob("*.png"))
+    assert set(prepared.read_index().objects) == {"a/ok.png", "a/alias.png", "b/in.png"}
 
 
-class VanishingStore(LocalStore):
-    """A real local store where one object is deleted between the listing and its download."""
+def test_an_object_that_vanishes_between_listing_and_preparation_is_refused_not_fatal(
+    tmp_path: Path,
+) -> None:
+    images = digit_images(classes=2, per_class=3)
+    folder = write_files(tmp_path / "data", images)
+    snapshot = listing_of(LocalStore(folder), tmp_path)
+    (folder / "0" / "001.png").unlink()
 
-    def download(self, key: str, destination: Path) -> None:
-        if key == "a/gone.png":
-            self._path(key).unlink()
-        super().download(key, destination)
+    prepared = prepare_here(snapshot, str(tmp_path / "registry"), SPEC)
 
-
-def test_an_object_that_vanishes_mid_fetch_is_refused_not_fatal(tmp_path: Path) -> None:
-    folder = write_files(tmp_path / "data", {"a/ok.png": b"ok", "a/gone.png": b"soon gone"})
-    snapshot = fetch_data(VanishingStore(folder), tmp_path / "cache")
-    assert [item.key for item in snapshot.refused] == ["a/gone.png"]
-    assert "disappeared between the listing and its download" in snapshot.refused[0].reason
-    assert cached_files(snapshot) == {"a/ok.png"} and snapshot.file_count == 1
-
-
-class FailingStore(LocalStore):
-    """A real local store whose network drops after a few downloads."""
-
-    def __init__(self, root: Path, fail_after: int) -> None:
-        super().__init__(root)
-        self.remaining = fail_after
-
-    def download(self, key: str, destination: Path) -> None:
-        if self.remaining == 0:
-            raise ConnectionError("connection dropped")
-        self.remaining -= 1
-        super().download(key, destination)
+    assert [item.key for item in prepared.refused] == ["0/001.png"]
+    assert "disappeared between the listing and its download" in prepared.refused[0].reason
+    assert "0/001.png" not in prepared.read_index().objects
+    assert len(prepared.read_index().objects) == 5
 
 
-def test_an_interrupted_fetch_leaves_no_partial_file_and_resumes(tmp_path: Path) -> None:
-    source = write_files(tmp_path / "source", {f"c/{i}.png": bytes([i]) * 1000 for i in range(20)})
-    cache = tmp_path / "cache"
-    with pytest.raises(ConnectionError):
-        fetch_data(FailingStore(source, fail_after=5), cache)
-    for path in cache.rglob("*.png"):
-        assert path.stat().st_size == 1000
-    assert not list(cache.rglob(".tmp-*"))
+def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names(
+    tmp_path: Path,
+) -> None:
+    folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=40))
+    first = prepare(LocalStore(folder), tmp_path)
+    (old_shard,) = first.read_index().shards
+    for index in range(24):  # 48 of 80 records die: the shard is mostly dead
+        for label in "01":
+            (folder / label / f"{index:03d}.png").unlink()
 
-    resumed = fetch_data(LocalStore(source), cache)
-    assert resumed.file_count == 20
-    assert resumed.downloaded == 15
-    assert len(cached_files(resumed)) == 20
+    compacted = prepare(LocalStore(folder), tmp_path)
+
+    index = compacted.read_index()
+    (new_shard,) = index.shards
+    assert new_shard != old_shard and index.shards[new_shard].records == 32
+    assert {entry.shard for entry in index.objects.values()} == {new_shard}
+    data = validate_data(compacted, tmp_path, 5, 0.0)
+    batches = batches_of(data, tmp_path, 0.3, 0.3)
+    images = sum(
+        len(labels)
+        for subset in ("train", "validation", "test")
+        for _, labels in input_fn(batches, subset, shuffle=False)
+    )
+    assert images == 32
+
+    registry = ModelRegistry(LocalStore(tmp_path / "registry"), "m")
+    removed = collect_garbage(registry, LocalCache(tmp_path / "c"), 5, timedelta(0), False)
+    prefix = compacted.prepared_url.removeprefix(str(tmp_path / "registry") + "/")
+    assert f"store: {prefix}/{shard_key(old_shard)} (prepared shard no index names)" in removed
+    assert [info.key for info in LocalStore(tmp_path / "registry").list(f"{prefix}/shards/")] == [
+        f"{prefix}/{shard_key(new_shard)}"
+    ]
+
+
+def test_a_damaged_shard_in_the_store_is_refused_and_a_lost_one_prepared_again(
+    tmp_path: Path,
+) -> None:
+    folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=8))
+    prepared = prepare(LocalStore(folder), tmp_path)
+    (shard,) = prepared.read_index().shards
+    store = open_store(prepared.prepared_url)
+    good = store.get(shard_key(shard))
+    store.put(shard_key(shard), good[:-1] + bytes([good[-1] ^ 1]))
+
+    with pytest.raises(ShardCorrupt, match=f"not {shard[:12]}: the copy is damaged"):
+        fetch_shards(prepared, tmp_path / "cold" / "shards")
+    assert not list((tmp_path / "cold" / "shards").iterdir())
+
+    store.delete(shard_key(shard))
+    again = prepare(LocalStore(folder), tmp_path)
+    assert (again.prepared, again.reused) == (16, 0)
+    assert again.read_index().shards == prepared.read_index().shards  # the same bytes, same name
+
+
+def test_a_new_night_prepares_only_new_objects_in_chunks_of_bounded_size(tmp_path: Path) -> None:
+    assert CHUNK_OBJECTS >= 100  # a shard is a large GET, not one per image
+    folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=5))
+    prepare(LocalStore(folder), tmp_path)
+    store = open_store(str(tmp_path / "registry"))
+    before = {info.key for info in store.list("prepared/")}
+    write_files(folder, {"1/late.png": digit_images(classes=2, per_class=6)["1/005.png"]})
+
+    later = prepare(LocalStore(folder), tmp_path)
+
+    assert (later.prepared, later.reused, later.shards_written) == (1, 10, 1)
+    after = {info.key for info in store.list("prepared/")}
+    new = sorted(after - before)
+    assert len(new) == 1 and new[0].endswith(".tfrecord")  # the index was rewritten in place
+    assert any(key.endswith(INDEX_KEY) for key in before)
 
 
 def image_bytes(mode: str, image_format: str) -> bytes:
@@ -162,8 +231,8 @@ def image_bytes(mode: str, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def snapshot_of(folder: Path, tmp_path: Path) -> DataSnapshot:
-    return fetch_data(LocalStore(folder), tmp_path / "cache")
+def prepared_of(folder: Path, tmp_path: Path, spec: PreparationSpec = SPEC) -> PreparedData:
+    return prepare(LocalStore(folder), tmp_path, spec)
 
 
 def test_formats_and_channels_are_accepted_and_decode_to_rgb(tmp_path: Path) -> None:
@@ -178,11 +247,11 @@ def test_formats_and_channels_are_accepted_and_decode_to_rgb(tmp_path: Path) -> 
     files = {
         name.format(index): image_bytes(*kind) for name, kind in kinds.items() for index in range(4)
     }
-    snapshot = snapshot_of(write_files(tmp_path / "data", files), tmp_path)
-    data = validate_data(snapshot, tmp_path / "work", 1, 0.0)
+    prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
+    data = validate_data(prepared, tmp_path, 1, 0.0)
     assert data.quarantined == []
     assert data.images_per_class == {"a": 12, "b": 12}
-    batches = split_data(data, tmp_path / "work", 16, 8, 0.3, 0.3, cache_decoded=False)
+    batches = batches_of(data, tmp_path, 0.3, 0.3)
     for subset in ("train", "validation", "test"):
         for images, _ in input_fn(batches, subset, shuffle=False):
             assert images.shape[1:] == (16, 16, 3)
@@ -194,15 +263,14 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
     png = good["0/000.png"]
     bad = {"0/empty.png": b"", "1/notes.png": b"not an image", "1/cut.png": png[: len(png) // 2]}
     bad["stray.png"] = png
-    snapshot = snapshot_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
-    data = validate_data(snapshot, tmp_path / "work", 5, 0.2)
+    prepared = prepared_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
+    data = validate_data(prepared, tmp_path, 5, 0.2)
     reasons = {item.path: item.reason for item in data.quarantined}
     assert reasons["0/empty.png"] == "empty file"
     assert reasons["1/notes.png"] == "not an image"
     assert reasons["1/cut.png"].startswith("does not decode")
     assert reasons["stray.png"] == "not inside a class folder"
-    index = json.loads(data.index_path.read_text())
-    assert len(index) == 60
+    assert len(data.read_usable()) == 60
 
 
 def test_files_pillow_reads_but_training_cannot_are_quarantined_by_the_training_decoder(
@@ -215,8 +283,8 @@ def test_files_pillow_reads_but_training_cannot_are_quarantined_by_the_training_
         "1/rle.bmp": rle8_bmp(),
         "1/bad-crc.png": bad_checksum_png(),
     }
-    snapshot = snapshot_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
-    data = validate_data(snapshot, tmp_path / "work", 5, 0.2)
+    prepared = prepared_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
+    data = validate_data(prepared, tmp_path, 5, 0.2)
 
     reasons = {item.path: item.reason for item in data.quarantined}
     assert reasons["0/bomb.png"].startswith("declares too many pixels to decode safely")
@@ -224,45 +292,47 @@ def test_files_pillow_reads_but_training_cannot_are_quarantined_by_the_training_
     assert reasons["1/rle.bmp"].startswith("does not decode: Input size should match")
     assert reasons["1/bad-crc.png"] == "does not decode: Invalid PNG data, size 852"
     # What passed decodes in training: one epoch over every accepted image.
-    batches = split_data(data, tmp_path / "work", 8, 8, 0.15, 0.2, cache_decoded=False)
+    batches = batches_of(data, tmp_path, 0.15, 0.2)
     for subset in ("train", "validation", "test"):
         assert sum(len(labels) for _, labels in input_fn(batches, subset, shuffle=False)) > 0
 
 
-def test_the_limits_are_settings_and_a_changed_rule_checks_every_file_again(
+def test_the_limits_are_settings_and_a_changed_rule_prepares_every_file_again(
     tmp_path: Path,
 ) -> None:
     big = Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8))
     buffer = io.BytesIO()
     big.save(buffer, format="PNG")
     files = {**digit_images(classes=2, per_class=10), "0/big.png": buffer.getvalue()}
-    snapshot = snapshot_of(write_files(tmp_path / "data", files), tmp_path)
-    assert validate_data(snapshot, tmp_path / "work", 5, 0.2).quarantined == []
+    prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
+    assert validate_data(prepared, tmp_path, 5, 0.2).quarantined == []
 
-    strict = ValidationRules(max_image_bytes=10_000, max_image_pixels=1000)
-    checked = validate_data(snapshot, tmp_path / "work", 5, 0.2, rules=strict)
-    reasons = {item.path: item.reason for item in checked.quarantined}
+    strict = SPEC.model_copy(update={"max_image_bytes": 10_000, "max_image_pixels": 1000})
+    again = prepared_of(tmp_path / "data", tmp_path, strict)
+    reasons = {
+        item.path: item.reason for item in validate_data(again, tmp_path, 5, 0.2).quarantined
+    }
     assert reasons["0/big.png"] == (
         "declares 40x40 pixels, more than RETRAINER_MAX_IMAGE_PIXELS (1,000)"
     )
-    assert checked.decoded == 21, "verdicts of other rules were reused"
+    assert (again.prepared, again.reused) == (21, 0), "verdicts of other rules were reused"
 
 
 def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     files = {**digit_images(classes=2, per_class=5), **{f"0/bad{i}.png": b"" for i in range(5)}}
-    snapshot = snapshot_of(write_files(tmp_path / "data", files), tmp_path)
+    prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
     with pytest.raises(DataError, match="5 of 15 files are unusable"):
-        validate_data(snapshot, tmp_path / "work", 1, 0.1)
+        validate_data(prepared, tmp_path, 1, 0.1)
 
 
 def test_one_class_or_a_small_class_stops_the_run(tmp_path: Path) -> None:
-    one = snapshot_of(write_files(tmp_path / "one", digit_images(1, 10)), tmp_path / "x")
+    one = prepared_of(write_files(tmp_path / "one", digit_images(1, 10)), tmp_path / "x")
     with pytest.raises(DataError, match="at least two"):
-        validate_data(one, tmp_path / "work", 1, 0.1)
+        validate_data(one, tmp_path, 1, 0.1)
     files = {**digit_images(1, 10), "1/000.png": digit_images(2, 1)["1/000.png"]}
-    small = snapshot_of(write_files(tmp_path / "small", files), tmp_path / "y")
+    small = prepared_of(write_files(tmp_path / "small", files), tmp_path / "y")
     with pytest.raises(DataError, match=r"fewer than 5 images: 1 \(1\)"):
-        validate_data(small, tmp_path / "work", 5, 0.1)
+        validate_data(small, tmp_path, 5, 0.1)
 
 
 def test_class_set_change_fails_loudly_by_default_or_is_reported() -> None:
@@ -279,10 +349,10 @@ def test_an_image_never_changes_split_as_the_dataset_grows(tmp_path: Path) -> No
     folder = write_files(tmp_path / "data", first_half)
 
     def split_now() -> dict[str, set[str]]:
-        data = validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1)
-        split = read_split(split_data(data, tmp_path / "w", 8, 8, 0.15, 0.2))
+        data = validate_data(prepared_of(folder, tmp_path), tmp_path, 5, 0.1)
+        split = read_split(batches_of(data, tmp_path, 0.15, 0.2))
         return {
-            name: {example.path for example in split.subset(name)}
+            name: {example.key for example in split.subset(name)}
             for name in ("train", "validation", "test")
         }
 
@@ -299,14 +369,15 @@ def test_changing_the_fractions_on_unchanged_data_changes_what_input_fn_yields(
     tmp_path: Path,
 ) -> None:
     folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=60))
-    data = validate_data(snapshot_of(folder, tmp_path), tmp_path / "w", 5, 0.1)
+    data = validate_data(prepared_of(folder, tmp_path), tmp_path, 5, 0.1)
+    shards = fetch_shards(data.prepared, tmp_path / "cache")
 
     def training_images(validation_fraction: float) -> int:
-        batches = split_data(data, tmp_path / "w", 8, 8, validation_fraction, 0.2)
+        batches = split_data(data, shards, tmp_path, 8, validation_fraction, 0.2)
         return sum(len(labels) for _, labels in input_fn(batches, "train", shuffle=False))
 
     few_held_out, many_held_out = training_images(0.1), training_images(0.5)
-    assert many_held_out < few_held_out  # no stale split or decoded cache was reused
+    assert many_held_out < few_held_out  # no stale split was reused
 
 
 SUBSETS_IN_ANOTHER_PROCESS = """

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 import pytest
 
-from retrainer.dataset import split_data
 from retrainer.evaluation import (
     ChampionUnavailable,
     Evaluation,
@@ -17,21 +16,20 @@ from retrainer.evaluation import (
     predict,
     score_predictions,
 )
-from retrainer.fetching import fetch_data
+from retrainer.local import batches_here
 from retrainer.models import build_default_model
 from retrainer.records import Batches
 from retrainer.registry import ModelRegistry
-from retrainer.settings import GateSettings
+from retrainer.settings import GateSettings, TrainingConfig
 from retrainer.storage import LocalStore
-from retrainer.validation import validate_data
 from tests.conftest import digit_images, publish_stub_version, write_files
 
 
 @pytest.fixture
 def batches(tmp_path: Path) -> Batches:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
-    data = validate_data(fetch_data(LocalStore(folder), tmp_path / "cache"), tmp_path / "w", 5, 0.1)
-    return split_data(data, tmp_path / "w", 16, 8, 0.3, 0.3, cache_decoded=False)
+    config = TrainingConfig(image_size=16, batch_size=8, validation_fraction=0.3, test_fraction=0.3)
+    return batches_here(str(folder), str(tmp_path / "prepared"), tmp_path / "w", config)
 
 
 def saved_model(path: Path, seed: int) -> Path:

@@ -4,42 +4,24 @@ to a misbehaving proxy in front of the S3 test server; nothing in boto3 is patch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
 import pytest
 
-from retrainer.dataset import split_data
 from retrainer.evaluation import ChampionUnavailable, evaluate
-from retrainer.fetching import fetch_data
+from retrainer.local import batches_here
 from retrainer.models import build_default_model
 from retrainer.registry import ModelRegistry
-from retrainer.settings import GateSettings
+from retrainer.settings import GateSettings, TrainingConfig
 from retrainer.storage import (
     ConditionalWritesIgnored,
-    LocalStore,
     ObjectNotFound,
     S3Store,
 )
-from retrainer.validation import validate_data
 from tests.conftest import digit_images, publish_stub_version, write_files
 from tests.flaky_proxy import Fault, FlakyProxy, always_for, every, first_n_for
-
-
-@pytest.fixture
-def flaky(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Fault], FlakyProxy]]:
-    proxies: list[FlakyProxy] = []
-
-    def through(fault: Fault) -> FlakyProxy:
-        proxy = FlakyProxy(s3_env, fault)
-        proxies.append(proxy)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        return proxy
-
-    yield through
-    for proxy in proxies:
-        proxy.close()
 
 
 @pytest.mark.parametrize("action", ["slowdown", "drop"])
@@ -48,18 +30,21 @@ def test_store_operations_survive_faults(
 ) -> None:
     proxy = flaky(every(3, action))
     store = S3Store(bucket, "flaky")
-    for index in range(12):
-        store.put(f"data/c{index % 2}/{index}.txt", f"object {index}".encode())
+    for key, image in digit_images(classes=2, per_class=10).items():
+        store.put(f"data/{key}", image)
     source = tmp_path / "model.bin"
     source.write_bytes(b"weights" * 1000)
     store.upload("models/model.bin", source)
 
-    assert len(list(store.list("data/"))) == 12
-    assert store.get("data/c0/4.txt") == b"object 4"
+    assert len(list(store.list("data/"))) == 20
+    assert store.get("data/0/004.png") == digit_images(classes=1, per_class=5)["0/004.png"]
     store.download("models/model.bin", tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
-    snapshot = fetch_data(S3Store(bucket, "flaky/data"), tmp_path / "cache")
-    assert snapshot.file_count == snapshot.downloaded == 12
+    config = TrainingConfig(image_size=8, validation_fraction=0.3, test_fraction=0.3)
+    batches = batches_here(
+        f"s3://{bucket}/flaky/data", f"s3://{bucket}/flaky", tmp_path, config, 1, 0.0
+    )
+    assert batches.train_count + batches.validation_count + batches.test_count == 20
     assert len(proxy.faults_served) >= 10, "the proxy did not misbehave"
 
 
@@ -152,8 +137,8 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
-    data = validate_data(fetch_data(LocalStore(folder), tmp_path / "cache"), tmp_path / "w", 5, 0.1)
-    batches = split_data(data, tmp_path / "w", 16, 8, 0.3, 0.3, cache_decoded=False)
+    config = TrainingConfig(image_size=16, batch_size=8, validation_fraction=0.3, test_fraction=0.3)
+    batches = batches_here(str(folder), str(tmp_path / "prepared"), tmp_path / "w", config)
     build_default_model((16, 16, 3), 2).save(tmp_path / "model.keras")
     registry = ModelRegistry(S3Store(bucket, "registry"), "m")
     publish_stub_version(

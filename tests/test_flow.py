@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -20,18 +23,21 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.sorting import ArtifactSort
 
+from flows.prepare import prepare_dataset, task_runner_for
 from flows.retrain import retrain
+from retrainer import preparation
 from retrainer.cli import main
-from retrainer.dataset import input_fn, split_data, subset_of
-from retrainer.fetching import fetch_data
+from retrainer.dataset import input_fn, subset_of
+from retrainer.freshness import identify_work
 from retrainer.lease import ModelLease
+from retrainer.listing import list_data
+from retrainer.local import batches_here
 from retrainer.registry import ModelRegistry
-from retrainer.settings import RetrainParameters
+from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
 from retrainer.storage import LocalStore, ObjectStore, S3Store
-from retrainer.validation import validate_data
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
-from tests.conftest import digit_images, write_files
-from tests.flaky_proxy import FlakyProxy, always_for
+from tests.conftest import digit_images, publish_stub_version, write_files
+from tests.flaky_proxy import Fault, FlakyProxy, RequestLog, always_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -79,11 +85,10 @@ def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: P
     return str(model_file)
 
 
-def accuracy_on_test_split(model_file: str, data_store: ObjectStore, tmp_path: Path) -> float:
+def accuracy_on_test_split(model_file: str, data_url: str, tmp_path: Path) -> float:
     """Score a model on the test split, built by the project's own input function."""
-    snapshot = fetch_data(data_store, tmp_path / "eval-cache")
-    data = validate_data(snapshot, tmp_path / "eval-work", 5, 0.1)
-    batches = split_data(data, tmp_path / "eval-work", 16, 16, 0.15, 0.2)
+    config = TrainingConfig(image_size=16, batch_size=16)
+    batches = batches_here(data_url, str(tmp_path / "eval-store"), tmp_path / "eval-work", config)
     model = keras.models.load_model(model_file)
     _, accuracy = model.evaluate(input_fn(batches, "test", shuffle=False), verbose=0)
     return float(accuracy)
@@ -103,7 +108,7 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     assert publication.promoted
     store = LocalStore(tmp_path / "store")
     model_file = assert_champion_is_complete(store, "demo", tmp_path)
-    accuracy = accuracy_on_test_split(model_file, LocalStore(data_folder), tmp_path)
+    accuracy = accuracy_on_test_split(model_file, str(data_folder), tmp_path)
     assert accuracy >= 0.8
     metrics = json.loads(store.get(f"models/demo/versions/{publication.version}/metrics.json"))
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
@@ -126,11 +131,17 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_training")
 def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
-    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bucket: str,
+    flaky: Callable[[Fault], FlakyProxy],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     client = boto3.client("s3")
     for key, data in DATA.items():
         client.put_object(Bucket=bucket, Key=f"incoming/images/{key}", Body=data)
+    requests = RequestLog()
+    flaky(requests)  # every request of the runs now goes through a counting proxy
+    source_reads = f"/{bucket}/incoming/images/"
     monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
     monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/incoming/images")
     monkeypatch.setenv("RETRAINER_MODEL_NAME", "digits")
@@ -139,12 +150,18 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
 
     first = retrain()
     assert first.promoted
+    assert requests.count("GET", source_reads) == len(DATA)  # each image read once
     store = S3Store(bucket, "registry")
     assert_champion_is_complete(store, "digits", tmp_path)
     champion_before = store.get("models/digits/champion.json")
 
+    # A cold worker (an empty disk) on the next night: the prepared dataset is in the store.
+    monkeypatch.setenv("RETRAINER_CACHE_DIR", str(tmp_path / "cold-worker"))
+    requests.clear()
     second = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
 
+    assert requests.count("GET", source_reads) == 0
+    assert requests.count("GET", f"/{bucket}/registry/prepared/") >= 2  # the index and a shard
     assert not second.promoted
     assert "test_accuracy" in second.message and "rejected" in second.message
     assert store.get("models/digits/champion.json") == champion_before
@@ -165,8 +182,10 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert_secret_appears_nowhere(secret, store, [first.version, second.version])
 
     # The same work again (same data, parameters, code) would be rejected again: not retrained.
+    requests.clear()
     again = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
     assert again.status == "skipped"
+    assert requests.count("GET", source_reads) == 0
     assert f"as version {second.version} and rejected: test_accuracy" in again.message
     assert len(ModelRegistry(store, "digits").list_versions()) == 2
 
@@ -357,3 +376,86 @@ def test_a_strangers_bucket_trains_on_the_good_images_and_lists_every_bad_object
         assert f"`{key}`" in listed, key
     assert "`2/forbidden.png`: listed, but its download is forbidden (AccessDenied)" in listed
     assert "`1/bad-crc.png`: does not decode: Invalid PNG data" in listed
+
+
+NIGHT_WITH_NOTHING_NEW = """
+import sys
+from flows.prepare import prepare_dataset, task_runner_for
+from flows.retrain import retrain
+from retrainer import preparation
+
+publication = retrain()
+print("STATUS", publication.status)
+print("TENSORFLOW IMPORTED", "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_a_night_with_nothing_new_is_decided_from_one_listing_without_tensorflow(
+    bucket: str,
+    flaky: Callable[[Fault], FlakyProxy],
+    prefect_api_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = boto3.client("s3")
+    for key, data in DATA.items():
+        client.put_object(Bucket=bucket, Key=f"images/{key}", Body=data)
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
+    monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/images")
+    # The champion is this very work: same data listing, parameters and code.
+    snapshot = list_data(S3Store(bucket, "images"), tmp_path / "listing.json")
+    work = identify_work(snapshot.fingerprint, load_settings().training_config())
+    registry = ModelRegistry(S3Store(bucket, "registry"), "demo")
+    publish_stub_version(registry, "v1", {"model.keras": b"w"}, ["0", "1", "2"], work.key)
+    registry.promote("v1", "run-v1", "passed", None)
+    requests = RequestLog()
+    proxy = flaky(requests)
+
+    # A cold worker: a fresh process and an empty cache folder.
+    answer = subprocess.run(
+        [sys.executable, "-c", NIGHT_WITH_NOTHING_NEW],
+        env={
+            **os.environ,
+            "PREFECT_API_URL": prefect_api_url,
+            "AWS_ENDPOINT_URL": proxy.url,
+            "RETRAINER_CACHE_DIR": str(tmp_path / "empty"),
+        },
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert "STATUS skipped" in answer.stdout, answer.stdout + answer.stderr[-3000:]
+    assert "TENSORFLOW IMPORTED False" in answer.stdout
+    assert requests.count("GET", f"/{bucket}/images/") == 0  # not one image downloaded
+    assert any("prefix=images" in path for _, path in requests.requests)  # only listed
+
+
+@pytest.mark.slow
+def test_preparation_runs_its_chunks_on_a_local_two_process_dask_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client, LocalCluster, get_task_stream
+
+    folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=30))
+    monkeypatch.setattr(preparation, "CHUNK_OBJECTS", 10)  # planned here: 6 chunks
+    snapshot = list_data(LocalStore(folder), tmp_path / "run" / "listing.json")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as stream,
+    ):
+        settings = load_settings(
+            store_url=str(tmp_path / "store"),
+            data_url=str(folder),
+            image_size=16,
+            dask_address=cluster.scheduler_address,
+        )
+        runner = task_runner_for(settings)
+        prepared = prepare_dataset.with_options(task_runner=runner)(snapshot, settings)
+
+    assert (prepared.prepared, prepared.shards_written) == (60, 6)
+    assert len(prepared.read_index().shards) == 6
+    assert len({task["worker"] for task in stream.data}) == 2  # both worker processes prepared

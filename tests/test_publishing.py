@@ -18,6 +18,8 @@ from retrainer.records import (
     Batches,
     DataSnapshot,
     GateDecision,
+    PreparationSpec,
+    PreparedData,
     Publication,
     QuarantinedFile,
     RefusedObject,
@@ -87,20 +89,29 @@ def test_a_passing_candidate_whose_champion_moved_meanwhile_ends_in_conflict(
 
 def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> None:
     decision = a_decision()
+    refused = [RefusedObject(key="../escape.png", reason="has an empty, '.' or '..' component")]
     snapshot = DataSnapshot(
         source_url="s3://data/pets",
-        cache_dir=Path("/cache"),
         fingerprint="f" * 64,
         file_count=203,
-        downloaded=3,
-        deleted=0,
-        refused=[RefusedObject(key="../escape.png", reason="has an empty, '.' or '..' component")],
+        listing_path=Path("/run/listing.json"),
+        refused=refused,
+    )
+    prepared = PreparedData(
+        snapshot=snapshot,
+        prepared_url="s3://models/prepared/abc/def",
+        spec=PreparationSpec(image_size=32, max_image_bytes=10**6, max_image_pixels=10**6),
+        index_path=Path("/run/prepared-index.json"),
+        prepared=3,
+        reused=200,
+        shards_written=1,
+        refused=refused,
     )
     data = ValidatedData(
-        snapshot=snapshot,
+        prepared=prepared,
         class_names=CLASSES,
         images_per_class={"cat": 100, "dog": 100},
-        index_path=Path("/cache/index.json"),
+        usable_path=Path("/run/usable-images.json"),
         quarantined=[QuarantinedFile(path="dog/broken.jpg", reason="does not decode")],
     )
     batches = Batches(

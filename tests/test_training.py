@@ -20,12 +20,10 @@ import pytest
 
 from flows.retrain import retrain
 from retrainer.checkpoints import CheckpointMirror
-from retrainer.dataset import split_data
 from retrainer.devices import plan_devices
-from retrainer.fetching import fetch_data
+from retrainer.local import batches_here
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
-from retrainer.validation import validate_data
 from tests.conftest import digit_images, write_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -72,19 +70,16 @@ MIRRORED_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
     from retrainer.checkpoints import checkpoint_mirror
-    from retrainer.dataset import split_data
-    from retrainer.fetching import fetch_data
+    from retrainer.local import batches_here
     from retrainer.settings import load_settings
     from retrainer.storage import LocalStore
     from retrainer.devices import DevicePlan
     from retrainer.training import train_model
-    from retrainer.validation import validate_data
 
     work = Path(sys.argv[1])
     settings = load_settings(epochs=2, batch_size=8, image_size=16, early_stopping_patience=0)
-    snapshot = fetch_data(LocalStore(work / "images"), work / "cache")
-    data = validate_data(snapshot, work / "w", 5, 0.1)
-    batches = split_data(data, work / "w", 16, 8, 0.15, 0.2)
+    config = settings.training_config()
+    batches = batches_here(str(work / "images"), str(work / "store"), work / "w", config)
     plan = DevicePlan("multi-gpu", ("/cpu:0", "/cpu:1"), "float32", "2 replicas")
     mirror = checkpoint_mirror(LocalStore(work / "store"), work / "cache", "m", "k" * 32)
     trained = train_model(batches, settings.training_config(), work / "out", mirror, plan=plan)
@@ -389,14 +384,11 @@ def test_running_out_of_device_memory_is_not_retried_and_says_what_to_lower(
     from retrainer.settings import TrainingConfig
     from retrainer.training import OutOfDeviceMemory, train_model
 
-    data = validate_data(
-        fetch_data(LocalStore(write_files(tmp_path / "i", digit_images(3, 20))), tmp_path / "c"),
-        tmp_path / "w",
-        5,
-        0.1,
+    images = write_files(tmp_path / "i", digit_images(3, 20))
+    config = TrainingConfig(
+        epochs=1, image_size=16, batch_size=8, model_factory="tests.user_models:out_of_memory"
     )
-    batches = split_data(data, tmp_path / "w", 16, 8, 0.15, 0.2, cache_decoded=False)
-    config = TrainingConfig(epochs=1, model_factory="tests.user_models:out_of_memory")
+    batches = batches_here(str(images), str(tmp_path / "store"), tmp_path / "w", config)
     mirror = checkpoint_mirror(LocalStore(tmp_path / "store"), tmp_path / "c", "m", "k" * 32)
     with pytest.raises(OutOfDeviceMemory, match="lower RETRAINER_BATCH_SIZE") as raised:
         train_model(batches, config, tmp_path / "out", mirror)

@@ -1,0 +1,32 @@
+"""The list task: one listing of the data, before anything is downloaded."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from retrainer.listing import list_data
+from retrainer.records import DataSnapshot
+from retrainer.settings import Settings
+from retrainer.storage import open_store
+from tasks.retries import retry_unless_bad_input
+from tasks.runtime import current_run_id
+
+
+@task(
+    name="list data",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_bad_input,
+)
+def list_objects(settings: Settings) -> DataSnapshot:
+    log = get_run_logger()
+    listing_path = settings.cache.run_dir(current_run_id()) / "listing.json"
+    snapshot = list_data(open_store(settings.resolved_data_url), listing_path, log)
+    log.info(
+        "Data %s: %d files, fingerprint %s (%d refused)",
+        snapshot.source_url,
+        snapshot.file_count,
+        snapshot.fingerprint[:12],
+        len(snapshot.refused),
+    )
+    return snapshot

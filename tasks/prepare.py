@@ -1,0 +1,67 @@
+"""The prepare tasks: plan from the store's index, prepare each chunk anywhere, record the index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from retrainer.preparation import plan_preparation, prepare_chunk, record_preparation
+from retrainer.records import (
+    DataSnapshot,
+    PreparationChunk,
+    PreparationSpec,
+    PreparedChunk,
+    PreparedData,
+    PreparedIndex,
+)
+from tasks.retries import retry_unless_bad_input
+
+
+@task(name="plan preparation", retries=2, retry_delay_seconds=10)
+def plan(
+    snapshot: DataSnapshot, prepared_at: str, spec: PreparationSpec, keep_in: Path | None
+) -> tuple[PreparedIndex, list[PreparationChunk]]:
+    return plan_preparation(snapshot, prepared_at, spec, keep_in, get_run_logger())
+
+
+@task(
+    name="prepare chunk",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_unless_bad_input,
+)
+def prepare(chunk: PreparationChunk) -> PreparedChunk:
+    """Runs on a thread of this worker, or on a Dask worker: needs only the stores' URLs."""
+    log = get_run_logger()
+    prepared = prepare_chunk(chunk, log)
+    unusable = sum(1 for verdict in prepared.objects.values() if verdict.problem)
+    log.info(
+        "Prepared %d object(s) and %d carried record(s): %d unusable, %s",
+        len(chunk.objects),
+        sum(map(len, chunk.carried.values())),
+        unusable,
+        f"shard {prepared.shard[:12]} ({prepared.shard_info.size / 1e6:.1f} MB)"
+        if prepared.shard and prepared.shard_info
+        else "no shard",
+    )
+    return prepared
+
+
+@task(name="record preparation", retries=2, retry_delay_seconds=10)
+def record(
+    snapshot: DataSnapshot,
+    prepared_at: str,
+    planned: PreparedIndex,
+    results: list[PreparedChunk],
+) -> PreparedData:
+    index_path = snapshot.listing_path.with_name("prepared-index.json")
+    log = get_run_logger()
+    prepared = record_preparation(snapshot, prepared_at, planned, results, index_path, log)
+    log.info(
+        "Prepared %d new or changed object(s) into %d shard(s); %d reused from the store",
+        prepared.prepared,
+        prepared.shards_written,
+        prepared.reused,
+    )
+    return prepared
