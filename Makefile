@@ -21,12 +21,13 @@ checks: $(UV)
 	$(RUN) ruff check .
 	$(RUN) mypy
 
+# Two pytest workers (pytest-xdist): the slow tests mostly wait on processes and servers.
 test: checks
-	$(RUN) pytest --durations=15
+	$(RUN) pytest -n 2 --durations=15
 
-# Everything but the slow tests (those that start a Prefect server or train end to end): ~1.5 min.
+# Everything but the slow tests (those that start a Prefect server or train end to end).
 test-fast: checks
-	$(RUN) pytest -m "not slow"
+	$(RUN) pytest -n 2 -m "not slow"
 
 # Registers prefect.yaml's deployments with the Prefect API in PREFECT_API_URL.
 deploy: $(UV)

@@ -138,9 +138,12 @@ def main() -> None:
             return Path(tempfile.mkdtemp(dir=work, prefix="cold-"))
 
         warm_cache = work / "warm"
+        # Today's code runs its first night twice, in turn with ours: first nights are the
+        # longest runs, and this machine's speed drifts between them.
         nights = [
-            run_night("first", "today's code", "baseline", cold_cache(), reads, baseline),
+            run_night("first", "today's code", "baseline-1", cold_cache(), reads, baseline),
             run_night("first", "warm", "warm", warm_cache, reads),
+            run_night("first", "today's code", "baseline-2", cold_cache(), reads, baseline),
             run_night("first", "cold", "cold", cold_cache(), reads),
             run_night("nothing new", "warm", "warm", warm_cache, reads),
             run_night("nothing new", "cold", "cold", cold_cache(), reads),
@@ -171,6 +174,8 @@ def main() -> None:
     print(f"| no-op Prefect flow | | {no_op:.1f} s | | |")
     print(f"| one LIST pass | | {listing:.1f} s | | |")
     by = {(night.night, night.worker): night for night in nights}
+    today = [night.seconds for night in nights if night.worker == "today's code"]
+    ours = [by["first", "warm"].seconds, by["first", "cold"].seconds]
     floor = no_op + listing
     idle = by["nothing new", "cold"]
     print(
@@ -183,8 +188,10 @@ def main() -> None:
         f"(target <= 1.2); time cold / warm: {new_cold.seconds / new_warm.seconds:.2f} "
         "(target <= 1.25)"
     )
-    today, ours = by["first", "today's code"], by["first", "cold"]
-    print(f"first night, ours / today's: {ours.seconds / today.seconds:.2f} (target <= 1.1)")
+    print(
+        f"first night, ours / today's (mean of two each): {sum(ours) / sum(today):.2f} "
+        "(target <= 1.1)"
+    )
 
 
 if __name__ == "__main__":
