@@ -1,5 +1,5 @@
-"""Memory: peak resident memory of a whole training run (fetch, validate, split, train) at 1x and
-10x the images, each in a fresh process, in one run.
+"""Memory: peak resident memory of a whole training run (list, prepare, validate, split, train)
+at 1x and 10x the images, each in a fresh process, in one run.
 
     make bench  (or: .venv/bin/python -m bench.memory) [--images 2000]
 """

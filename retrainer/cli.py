@@ -8,6 +8,7 @@ import json
 import sys
 import typing
 from datetime import timedelta
+from pathlib import Path
 from textwrap import shorten
 
 from pydantic import ValidationError
@@ -25,6 +26,7 @@ from retrainer.settings import (
     load_settings,
 )
 from retrainer.storage import open_store
+from retrainer.tensorflow_runtime import start_tensorflow
 
 
 def option_name(field: str) -> str:
@@ -110,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     gc.set_defaults(handler=gc_command)
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with the champion's (or a version's) SavedModel"
+    )
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--version", dest="model_version", help="a version (default: champion)")
+    predict.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+    predict.set_defaults(handler=predict_command)
 
     serve = commands.add_parser(
         "serve", help="run the flow on its nightly schedule from this machine (no worker needed)"
@@ -211,6 +221,31 @@ def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
     )
     print(f"Version {champion.version} is now champion of '{registry.model_name}' (override)")
     return 0
+
+
+def predict_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    """One line per image: its class and probability, as the exported model serves it."""
+    registry = ModelRegistry(
+        open_store(settings.store_url), arguments.model_name or settings.model_name
+    )
+    version = arguments.model_version
+    if version is None:
+        champion, _ = registry.read_champion()
+        if champion is None:
+            raise BadInput(f"'{registry.model_name}' has no champion yet: pass --version")
+        version = champion.version
+    start_tensorflow()
+    from retrainer.serving import download_serving_model, predict_files
+
+    saved_model = download_serving_model(registry, version, settings.cache.champions_dir)
+    predictions = predict_files(saved_model, arguments.images)
+    for prediction in predictions:
+        if prediction.problem:
+            print(f"{prediction.image}: {prediction.problem}")
+        else:
+            print(f"{prediction.image}: {prediction.class_name} ({prediction.probability:.3f})")
+    print(f"(version {version} of '{registry.model_name}')")
+    return 1 if any(prediction.problem for prediction in predictions) else 0
 
 
 def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:

@@ -112,7 +112,7 @@ def split_data(
     return Batches(
         split_path=split_path,
         class_names=data.class_names,
-        image_size=data.prepared.spec.image_size,
+        preprocessing=data.prepared.spec,
         batch_size=batch_size,
         train_count=len(split.train),
         validation_count=len(split.validation),

@@ -10,6 +10,8 @@ Removed from the store:
 - checkpoints of work that finished (it has a work record) or that nobody touched for
   `older_than` (abandoned: its data or parameters changed before it could finish);
 - versions that were not promoted, older than `older_than`, beyond the newest `keep`;
+- served copies of former champions (`serving/<model>/<n>/` but the newest), older than
+  `older_than`;
 - prepared shards no prepared index names (compacted, or of data that changed), older than
   `older_than` (younger ones may belong to a preparation still running).
 
@@ -54,6 +56,7 @@ def collect_garbage(
     removed += _collect_versions(registry, keep, cutoff, dry_run)
     removed += _collect_checkpoints(registry, cutoff, dry_run)
     removed += _collect_shards(registry, cutoff, dry_run)
+    removed += _collect_served(registry, cutoff, dry_run)
     removed += _collect_local(registry, cache, now - LOCAL_LEFTOVER_AGE, dry_run)
     return removed
 
@@ -142,6 +145,21 @@ def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) ->
         ]
         removed += [f"store: {info.key} (prepared shard no index names)" for info in unused]
         _delete_all(registry, unused, dry_run)
+    return removed
+
+
+def _collect_served(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
+    """Served versions but the newest (the champion, which TF Serving serves)."""
+    prefix = f"{registry.serving_prefix}/"
+    served: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for info in registry.store.list(prefix):
+        served[info.key[len(prefix) :].split("/", 1)[0]].append(info)
+    removed = []
+    for number in sorted(served, key=int)[:-1]:
+        files = served[number]
+        if max((info.modified or cutoff) for info in files) < cutoff:
+            removed.append(f"store: {prefix}{number}/ (served before the current champion)")
+            _delete_all(registry, files, dry_run)
     return removed
 
 

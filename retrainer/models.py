@@ -114,6 +114,37 @@ def warm_start_mismatch(champion: keras.Model, model: keras.Model) -> str | None
     return None
 
 
+def augmentation_layers(config: TrainingConfig) -> list[keras.layers.Layer]:
+    """The configured random transformations; Keras applies them in training only."""
+    layers: list[keras.layers.Layer] = []
+    if config.augment_flip != "none":
+        layers.append(keras.layers.RandomFlip(config.augment_flip, seed=config.seed))
+    if config.augment_rotation:
+        layers.append(keras.layers.RandomRotation(config.augment_rotation, seed=config.seed))
+    if config.augment_zoom:
+        layers.append(keras.layers.RandomZoom(config.augment_zoom, seed=config.seed))
+    if config.augment_contrast:
+        layers.append(keras.layers.RandomContrast(config.augment_contrast, seed=config.seed))
+    return layers
+
+
+def with_augmentation(model: keras.Model, config: TrainingConfig) -> keras.Model:
+    """`model` behind the configured augmentation layers, so they travel (inert) with it into
+    the exported and served model; `model` itself when none is configured."""
+    layers = augmentation_layers(config)
+    if not layers:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:])
+    x = keras.layers.Rescaling(1.0)(inputs)  # uint8 to float, which the random layers want
+    for layer in layers:
+        x = layer(x)
+    augmented = keras.Model(inputs, model(x), name=f"augmented_{model.name}")
+    if getattr(model, "compiled", False):
+        # The factory's own optimizer and loss, now for the model that wraps it.
+        augmented.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    return augmented
+
+
 def build_model(
     config: TrainingConfig, batches: Batches, warm_start: Path | None, started_from: str, log: Log
 ) -> tuple[keras.Model, str]:
@@ -124,7 +155,9 @@ def build_model(
     when this run asks for it (variables stay float32 under mixed_float16, so the weights fit).
     """
     input_shape = (batches.image_size, batches.image_size, CHANNELS)
-    model = build_from_factory(config.model_factory, input_shape, len(batches.class_names))
+    model = with_augmentation(
+        build_from_factory(config.model_factory, input_shape, len(batches.class_names)), config
+    )
     if warm_start is not None:
         champion = keras.models.load_model(warm_start, safe_mode=True, compile=False)
         if mismatch := warm_start_mismatch(champion, model):

@@ -27,6 +27,7 @@ from retrainer.records import (
     WorkRecord,
 )
 from retrainer.registry import ModelRegistry, PromotionConflict, version_id
+from retrainer.serving import SERVING_SIGNATURE, export_serving_model
 from retrainer.storage import sha256_of_file
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def build_manifest(
         run_id=run_id,
         started_at=trained.started_at,
         finished_at=datetime.now(UTC),
+        preprocessing=batches.preprocessing,
+        serving=SERVING_SIGNATURE,
     )
 
 
@@ -123,9 +126,16 @@ def publish_version(
             scores.confusion_matrix, batches.class_names, folder / "confusion_matrix.png"
         ),
     }
-    for path in sorted(trained.tensorboard_dir.rglob("*")):
-        if path.is_file():
-            files[path.relative_to(folder).as_posix()] = path
+    export_serving_model(
+        trained.model_path,
+        batches.class_names,
+        batches.preprocessing,
+        folder / SERVING_SIGNATURE.directory,
+    )
+    for tree in (trained.tensorboard_dir, folder / SERVING_SIGNATURE.directory):
+        for path in sorted(tree.rglob("*")):
+            if path.is_file():
+                files[path.relative_to(folder).as_posix()] = path
     for name, path in files.items():
         registry.store.upload(registry.file_key(version, name), path)
     manifest = build_manifest(files, batches, work, trained, run_id)
@@ -141,8 +151,9 @@ def publish_version(
         version=version,
         version_url=version_url,
         files=[
-            *(name for name in files if not name.startswith("tensorboard/")),
+            *(name for name in files if not name.startswith(("tensorboard/", "saved_model/"))),
             "tensorboard/",
+            "saved_model/",
             "manifest.json",
         ],
         champion_version=decision.champion_version,
@@ -176,7 +187,7 @@ def promote_if_passed(
         log.warning("Not promoted, %s", decision.reason)
         return published
     try:
-        registry.promote(version, run_id, decision.reason, decision.champion_etag)
+        promoted = registry.promote(version, run_id, decision.reason, decision.champion_etag)
     except PromotionConflict as conflict:
         log.warning("Not promoted: %s", conflict)
         champion, _ = registry.read_champion()
@@ -188,6 +199,8 @@ def promote_if_passed(
             }
         )
     log.info("Promoted version %s to champion of '%s'", version, registry.model_name)
+    served = registry.store.describe(registry.serving_location(promoted))
+    log.info("Laid out for TensorFlow Serving at %s", served)
     return published.model_copy(
         update={
             "status": "promoted",

@@ -194,7 +194,7 @@ class Batches(BaseModel):
 
     split_path: Path = Field(description="the Split file (retrainer.dataset), local to this worker")
     class_names: list[str]
-    image_size: int
+    preprocessing: PreparationSpec = Field(description="how every image was prepared")
     batch_size: int
     train_count: int
     validation_count: int
@@ -205,6 +205,10 @@ class Batches(BaseModel):
     validation_per_class: dict[str, int]
     test_per_class: dict[str, int]
     data_fingerprint: str
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
 
 
 class TrainedModel(BaseModel):
@@ -317,6 +321,15 @@ class FileEntry(BaseModel):
     size: int
 
 
+class ServingSignature(BaseModel):
+    """The exported SavedModel's signature: what a server sends and gets back."""
+
+    directory: str = Field("saved_model", description="folder of the version holding it")
+    name: str = "serving_default"
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
 class Manifest(BaseModel):
     """`manifest.json` of a published version: what it is, what made it, and every file's hash.
 
@@ -340,6 +353,12 @@ class Manifest(BaseModel):
     run_id: str
     started_at: datetime
     finished_at: datetime
+    preprocessing: PreparationSpec | None = Field(
+        None, description="how an image becomes the model's input; None before it was recorded"
+    )
+    serving: ServingSignature | None = Field(
+        None, description="the SavedModel for serving; None for versions from before it"
+    )
 
 
 class ChampionRecord(BaseModel):

@@ -153,6 +153,7 @@ class ModelRegistry:
             current, current_etag = None, self._etag_of(self.champion_key)
             expected_etag = current_etag
         if current is not None and (current.version, current.run_id) == (version, run_id):
+            self.lay_out_for_serving(current)  # the retry finishes what the first try began
             return current  # a retry of a promotion that already happened
         if current_etag != expected_etag:
             raise self._conflict(version)
@@ -239,7 +240,44 @@ class ModelRegistry:
                 f"champion.json of '{self.model_name}' names {version} but not the champion it "
                 "replaced; run `retrainer verify`"
             )
+        self.lay_out_for_serving(written)
         return written
+
+    @property
+    def serving_prefix(self) -> str:
+        """TensorFlow Serving's base path for this model: `serving/<model>/<integer version>/`."""
+        return f"serving/{self.model_name}"
+
+    def serving_location(self, champion: Champion) -> str:
+        """`serving/<model>/<n>/`, n the promotion time in microseconds since 1970: it grows with
+        every promotion and rollback, and TF Serving serves the highest."""
+        microseconds = round(champion.promoted_at.timestamp() * 1_000_000)
+        return f"{self.serving_prefix}/{microseconds}"
+
+    def lay_out_for_serving(self, champion: Champion) -> None:
+        """Copy the champion's SavedModel where TensorFlow Serving looks (none for versions
+        from before the export).
+
+        Every file is checked against the manifest, and `saved_model.pb` goes last: TF Serving
+        takes a folder without it for unfinished.
+        """
+        manifest = self.manifest(champion.version)
+        if manifest.serving is None:
+            return
+        source = f"{manifest.serving.directory}/"
+        names = sorted(
+            (name for name in manifest.files if name.startswith(source)),
+            key=lambda name: (name.endswith("/saved_model.pb"), name),
+        )
+        target = self.serving_location(champion)
+        for name in names:
+            data = self.store.get(self.file_key(champion.version, name))
+            if hashlib.sha256(data).hexdigest() != manifest.files[name].sha256:
+                raise ModelIntegrityError(
+                    f"{self.store.describe(self.file_key(champion.version, name))} does not "
+                    "match its manifest: not laid out for serving; run `retrainer verify`"
+                )
+            self.store.put(f"{target}/{name[len(source) :]}", data)
 
     def read_json(self, version: str, filename: str) -> dict[str, object]:
         data = json.loads(self.store.get(self.file_key(version, filename)))
@@ -309,17 +347,21 @@ class ModelRegistry:
         does not match raises ModelIntegrityError and is never loaded.
         """
         path = models_dir / champion.version / "model.keras"
-        if path.is_file() and sha256_of_file(path) == champion.model_sha256:
-            return path
-        self.store.download(champion.model_key, path)
-        if sha256_of_file(path) != champion.model_sha256:
-            path.unlink()
+        return self.download_checked(champion.model_key, champion.model_sha256, path)
+
+    def download_checked(self, key: str, sha256: str, destination: Path) -> Path:
+        """A version's file at `destination`: fetched unless a matching copy is there, and
+        checked against the sha256 of its manifest."""
+        if destination.is_file() and sha256_of_file(destination) == sha256:
+            return destination
+        self.store.download(key, destination)
+        if sha256_of_file(destination) != sha256:
+            destination.unlink()
             raise ModelIntegrityError(
-                f"the model of champion {champion.version} "
-                f"({self.store.describe(champion.model_key)}) does not match the sha256 in its "
-                "manifest; run `retrainer verify`"
+                f"{self.store.describe(key)} does not match the sha256 in its manifest; run "
+                "`retrainer verify`"
             )
-        return path
+        return destination
 
     def read_work_record(self, work_key: str) -> WorkRecord | None:
         try:

@@ -168,6 +168,23 @@ class TrainingConfig(BaseModel):
     early_stopping_patience: int = Field(
         5, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
     )
+    class_weights: Literal["balanced", "none"] = Field(
+        "balanced",
+        description="balanced: each class weighs in the loss as if the classes were equally "
+        "frequent in the training split (weights from its counts); none: every image weighs 1.",
+    )
+    augment_flip: Literal["none", "horizontal", "horizontal_and_vertical"] = Field(
+        "none", description="Random flips in training (inside the model, off when serving)."
+    )
+    augment_rotation: float = Field(
+        0.0, ge=0.0, le=0.5, description="Random rotation in training, as a fraction of a turn."
+    )
+    augment_zoom: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Random zoom in training, as a fraction of the size."
+    )
+    augment_contrast: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Random contrast change in training, as a factor."
+    )
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Larger files are quarantined, never read whole."
     )

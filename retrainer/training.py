@@ -103,6 +103,16 @@ class MirrorCheckpoint(keras.callbacks.Callback):
         )
 
 
+def class_weights(batches: Batches, config: TrainingConfig) -> dict[int, float] | None:
+    """Weights that make every class count as much in the loss, or None when not wanted or
+    the classes are equally frequent already: n / (classes x n of the class)."""
+    counts = [batches.train_per_class[name] for name in batches.class_names]
+    if config.class_weights == "none" or len(set(counts)) == 1:
+        return None
+    total = sum(counts)
+    return {i: total / (len(counts) * max(count, 1)) for i, count in enumerate(counts)}
+
+
 def train_model(
     batches: Batches,
     config: TrainingConfig,
@@ -165,11 +175,18 @@ def train_model(
                 restore_best_weights=True,
             )
         )
+    weights = class_weights(batches, config)
+    if weights:
+        log.info(
+            "Class weights (balanced from the training counts): %s",
+            ", ".join(f"{batches.class_names[i]} {w:.2f}" for i, w in weights.items()),
+        )
     try:
         model.fit(
             train,
             validation_data=validation,
             epochs=config.epochs,
+            class_weight=weights,
             callbacks=callbacks,
             shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle a tf.data pipeline
             verbose=0,

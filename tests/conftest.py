@@ -18,7 +18,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from retrainer.demo import digit_png
-from retrainer.records import FileEntry, Manifest
+from retrainer.records import FileEntry, Manifest, ServingSignature
 from retrainer.registry import ModelRegistry
 from retrainer.storage import LocalStore
 from tests.flaky_proxy import Fault, FlakyProxy
@@ -145,6 +145,7 @@ def publish_stub_version(
     files: dict[str, bytes],
     class_names: list[str],
     work_key: str | None = None,
+    serving: ServingSignature | None = None,
 ) -> None:
     """A fully published version as the registry reads it: its files, then a valid manifest."""
     for name, data in files.items():
@@ -170,6 +171,7 @@ def publish_stub_version(
         run_id=f"run-{version}",
         started_at=now,
         finished_at=now,
+        serving=serving,
     )
     registry.store.put(
         registry.file_key(version, "manifest.json"), manifest.model_dump_json().encode()

@@ -54,7 +54,7 @@ def test_a_promotion_whose_answer_was_lost_is_recognised_as_done(
 ) -> None:
     registry = ModelRegistry(S3Store(bucket, "registry"), "m")
     for version in ("v1", "v2"):
-        registry.store.put(registry.file_key(version, "manifest.json"), b"{}")
+        publish_stub_version(registry, version, {}, ["a", "b"])
     if not first_champion:
         registry.promote("v1", "run-1", "passed", None)
     _, etag = registry.read_champion()

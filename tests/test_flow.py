@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -33,6 +34,7 @@ from retrainer.lease import ModelLease
 from retrainer.listing import list_data
 from retrainer.local import batches_here
 from retrainer.registry import ModelRegistry
+from retrainer.serving import SERVING_SIGNATURE
 from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
@@ -68,10 +70,15 @@ def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: P
     prefix = f"models/{model_name}/versions/{champion['version']}/"
     manifest = json.loads(store.get(prefix + "manifest.json"))
     names = set(manifest["files"])
-    assert {name for name in names if not name.startswith("tensorboard/")} == PUBLISHED_FILES - {
+    folders = ("tensorboard/", "saved_model/")
+    assert {name for name in names if not name.startswith(folders)} == PUBLISHED_FILES - {
         "manifest.json"
     }
     assert any(name.startswith("tensorboard/train/events.out.tfevents") for name in names)
+    assert {"saved_model/saved_model.pb", "saved_model/variables/variables.index"} <= names
+    assert manifest["serving"]["inputs"] == {"image_bytes": SERVING_SIGNATURE.inputs["image_bytes"]}
+    assert manifest["preprocessing"]["image_size"] == 16
+    assert manifest["preprocessing"]["resize_method"] == "bilinear"
     for name, recorded in manifest["files"].items():
         data = store.get(prefix + name)
         assert hashlib.sha256(data).hexdigest() == recorded["sha256"]
@@ -97,7 +104,7 @@ def accuracy_on_test_split(model_file: str, data_url: str, tmp_path: Path) -> fl
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_training")
 def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data_folder = write_files(tmp_path / "images", DATA)
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
@@ -113,6 +120,20 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     metrics = json.loads(store.get(f"models/demo/versions/{publication.version}/metrics.json"))
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert 0.0 < metrics["val_accuracy"] <= 1.0
+    served = {info.key for info in store.list("serving/demo/")}
+    (number,) = {key.split("/")[2] for key in served}  # one promotion, one served version
+    assert f"serving/demo/{number}/saved_model.pb" in served
+
+    # The champion's SavedModel, from the command line, on image files and one that is not.
+    (tmp_path / "notes.png").write_text("not an image")
+    images = [data_folder / "0/000.png", data_folder / "2/001.png", tmp_path / "notes.png"]
+    capsys.readouterr()
+    assert main(["predict", *map(str, images)]) == 1  # one file could not be classified
+    lines = capsys.readouterr().out.splitlines()
+    for image, line in zip(images[:2], lines, strict=False):
+        assert re.fullmatch(rf"{re.escape(str(image))}: [012] \(\d\.\d{{3}}\)", line), line
+    assert lines[2].startswith(f"{images[2]}: does not decode")
+    assert lines[3] == f"(version {publication.version} of 'demo')"
 
     unchanged = retrain()
     assert unchanged.status == "skipped"
@@ -167,7 +188,8 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert store.get("models/digits/champion.json") == champion_before
     rejected = f"models/digits/versions/{second.version}/"
     uploaded = {info.key[len(rejected) :] for info in store.list(rejected)}
-    assert {name for name in uploaded if not name.startswith("tensorboard/")} == PUBLISHED_FILES
+    folders = ("tensorboard/", "saved_model/")
+    assert {name for name in uploaded if not name.startswith(folders)} == PUBLISHED_FILES
     decision = json.loads(store.get(rejected + "decision.json"))
     assert decision["passed"] is False
     assert decision["champion_version"] == first.version

@@ -117,7 +117,7 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
     batches = Batches(
         split_path=Path("/cache/split.json"),
         class_names=CLASSES,
-        image_size=32,
+        preprocessing=prepared.spec,
         batch_size=8,
         train_count=130,
         validation_count=30,

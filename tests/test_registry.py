@@ -17,8 +17,7 @@ from tests.conftest import publish_stub_version
 
 def publish_stub(registry: ModelRegistry, version: str) -> None:
     """A version whose manifest exists: what promote() requires of a fully published version."""
-    registry.store.put(registry.file_key(version, "metrics.json"), b'{"val_accuracy": 0.9}')
-    registry.store.put(registry.file_key(version, "manifest.json"), b"{}")
+    publish_stub_version(registry, version, {"metrics.json": b'{"val_accuracy": 0.9}'}, ["a"])
 
 
 @pytest.fixture(params=["local", "s3"])

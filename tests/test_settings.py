@@ -80,11 +80,11 @@ def test_parameters_reject_bad_values() -> None:
 
 
 def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
-    class WithAugmentation(TrainingConfig):
-        augmentation: bool = False  # a setting added later, with no list to update
+    class WithLater(TrainingConfig):
+        later: bool = False  # a setting added later, with no list to update
 
-    base = identify_work("fingerprint", WithAugmentation())
-    assert identify_work("fingerprint", WithAugmentation(augmentation=True)).key != base.key
+    base = identify_work("fingerprint", WithLater())
+    assert identify_work("fingerprint", WithLater(later=True)).key != base.key
     changed = {
         "epochs": 11,
         "batch_size": 64,
@@ -100,12 +100,17 @@ def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
         "early_stopping_patience": 2,
         "max_image_bytes": 1000,
         "max_image_pixels": 1000,
+        "class_weights": "none",
+        "augment_flip": "horizontal",
+        "augment_rotation": 0.1,
+        "augment_zoom": 0.1,
+        "augment_contrast": 0.1,
     }
     assert set(changed) == set(TrainingConfig.model_fields)
     for name, value in changed.items():
-        other = identify_work("fingerprint", WithAugmentation(**{name: value}))
+        other = identify_work("fingerprint", WithLater(**{name: value}))
         assert other.key != base.key, name
-    assert identify_work("other data", WithAugmentation()).key != base.key
+    assert identify_work("other data", WithLater()).key != base.key
 
 
 def test_the_training_config_is_read_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:

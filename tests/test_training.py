@@ -339,12 +339,13 @@ def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
 
 def test_warm_start_honours_mixed_precision_with_the_champions_weights(tmp_path: Path) -> None:
     from retrainer.models import build_default_model, build_model
-    from retrainer.records import Batches
+    from retrainer.records import Batches, PreparationSpec
     from retrainer.settings import TrainingConfig
 
     champion = build_default_model((16, 16, 3), 3)  # saved in float32, as a CPU night saves it
     champion.save(tmp_path / "champion.keras")
-    batches = Batches.model_construct(image_size=16, class_names=["a", "b", "c"])
+    spec = PreparationSpec(image_size=16, max_image_bytes=10**6, max_image_pixels=10**6)
+    batches = Batches.model_construct(preprocessing=spec, class_names=["a", "b", "c"])
     config = TrainingConfig(mixed_precision="on")
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -417,3 +418,38 @@ def test_tensorflow_start_up_stays_out_of_the_output_but_its_gpu_reason_is_kept(
     assert "absl::InitializeLog" not in answer.stderr
     assert ".cc:" not in answer.stderr, answer.stderr
     assert "rebuild TensorFlow" not in answer.stderr  # a start-up line's continuation
+
+
+def test_balanced_class_weights_come_from_the_training_counts() -> None:
+    from retrainer.records import Batches
+    from retrainer.settings import TrainingConfig
+    from retrainer.training import class_weights
+
+    imbalanced = Batches.model_construct(
+        class_names=["cat", "dog"], train_per_class={"cat": 30, "dog": 10}
+    )
+    assert class_weights(imbalanced, TrainingConfig()) == pytest.approx({0: 40 / 60, 1: 2.0})
+    assert class_weights(imbalanced, TrainingConfig(class_weights="none")) is None
+    balanced = Batches.model_construct(
+        class_names=["cat", "dog"], train_per_class={"cat": 10, "dog": 10}
+    )
+    assert class_weights(balanced, TrainingConfig()) is None
+
+
+def test_augmentation_changes_images_in_training_and_nothing_at_inference() -> None:
+    from retrainer.models import with_augmentation
+    from retrainer.settings import TrainingConfig
+
+    inputs = keras.Input((16, 16, 3))
+    scaled = keras.layers.Rescaling(1 / 255)(inputs)
+    plain = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(scaled)))
+    config = TrainingConfig(
+        augment_flip="horizontal", augment_rotation=0.1, augment_zoom=0.2, augment_contrast=0.3
+    )
+    augmented = with_augmentation(plain, config)
+    images = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+
+    served = augmented(images, training=False).numpy()
+    np.testing.assert_allclose(served, plain(images, training=False).numpy(), atol=1e-6)
+    assert not np.allclose(augmented(images, training=True).numpy(), served, atol=1e-3)
+    assert with_augmentation(plain, TrainingConfig()) is plain  # none configured: unchanged

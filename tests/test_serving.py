@@ -1,0 +1,139 @@
+"""The hand-off to serving: a SavedModel that takes encoded image bytes, and TF Serving's layout."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from retrainer.cache import LocalCache
+from retrainer.dataset import parse_records, read_split
+from retrainer.gc import collect_garbage
+from retrainer.local import batches_here
+from retrainer.models import build_default_model, with_augmentation
+from retrainer.registry import ModelRegistry
+from retrainer.serving import SERVING_SIGNATURE, export_serving_model
+from retrainer.settings import TrainingConfig
+from retrainer.storage import LocalStore
+from tests.conftest import digit_images, publish_stub_version, write_files
+
+# Run in a fresh interpreter that never imports retrainer: only TensorFlow and the bytes.
+SERVE_IN_A_FRESH_PROCESS = """
+import json, sys
+import tensorflow as tf
+assert "retrainer" not in sys.modules
+serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+paths = sys.argv[2:]
+outputs = serve(image_bytes=tf.constant([open(path, "rb").read() for path in paths]))
+print(json.dumps({
+    "probabilities": outputs["probabilities"].numpy().tolist(),
+    "class_names": [[n.decode() for n in row] for row in outputs["class_names"].numpy()],
+    "leaked": sorted(name for name in sys.modules if name.startswith("retrainer")),
+}))
+"""
+
+
+def as_jpeg(png: bytes) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_the_saved_model_serves_raw_jpeg_and_png_bytes_as_training_saw_them(
+    tmp_path: Path,
+) -> None:
+    images = digit_images(classes=2, per_class=20)
+    files = {**images, **{key.replace(".png", ".jpg"): as_jpeg(png) for key, png in images.items()}}
+    folder = write_files(tmp_path / "images", files)
+    config = TrainingConfig(image_size=16, validation_fraction=0.3, test_fraction=0.3)
+    batches = batches_here(str(folder), str(tmp_path / "store"), tmp_path / "work", config)
+    keras.utils.set_random_seed(3)
+    # Augmentation travels inside the model and must do nothing when serving.
+    augment = TrainingConfig(augment_flip="horizontal", augment_rotation=0.1)
+    model = with_augmentation(build_default_model((16, 16, 3), 2), augment)
+    model.save(tmp_path / "model.keras")
+    saved = export_serving_model(
+        tmp_path / "model.keras", batches.class_names, batches.preprocessing, tmp_path / "saved"
+    )
+
+    # The Keras model on the pixels training read (the prepared shards), per validation image.
+    split = read_split(batches)
+    validation = {example.key for example in split.validation}
+    expected: dict[str, np.ndarray] = {}
+    for record in tf.data.TFRecordDataset(split.shards).batch(64):
+        parsed = parse_records(record)
+        for key, pixels in zip(parsed["key"].numpy(), parsed["image"].numpy(), strict=True):
+            if key.decode() in validation:
+                image = np.frombuffer(pixels, np.uint8).reshape(1, 16, 16, 3)
+                expected[key.decode()] = model.predict(image, verbose=0)[0]
+    keys = sorted(expected)
+    assert {key.rsplit(".", 1)[1] for key in keys} == {"png", "jpg"}
+
+    answer = subprocess.run(
+        [sys.executable, "-c", SERVE_IN_A_FRESH_PROCESS, str(saved)]
+        + [str(folder / key) for key in keys],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    served = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert served["leaked"] == []
+    difference = np.abs(np.array(served["probabilities"]) - np.array([expected[k] for k in keys]))
+    assert difference.max() < 1e-5
+    assert served["class_names"] == [batches.class_names] * len(keys)
+
+    shown = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "saved_model_cli"),
+            "show",
+            "--dir",
+            str(saved),
+            "--all",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    signature = shown.split("signature_def['serving_default']", 1)[1]
+    for name in ("image_bytes", "probabilities", "class_names"):
+        assert name in signature
+
+
+def test_every_promotion_and_rollback_lays_the_champion_out_for_tensorflow_serving(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
+    for version in ("v1", "v2"):
+        files = {
+            "model.keras": b"k",
+            "saved_model/saved_model.pb": f"graph of {version}".encode(),
+            "saved_model/variables/variables.index": f"index of {version}".encode(),
+        }
+        publish_stub_version(registry, version, files, ["a", "b"], serving=SERVING_SIGNATURE)
+
+    first = registry.promote("v1", "run-1", "passed", None)
+    second = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
+    rolled_back = registry.rollback("run-3", "v2 misbehaves")
+
+    served = [registry.serving_location(c) for c in (first, second, rolled_back)]
+    numbers = [int(location.rsplit("/", 1)[1]) for location in served]
+    assert numbers == sorted(set(numbers))  # TF Serving serves the highest: the rolled-back v1
+    newest = served[-1]
+    assert registry.store.get(f"{newest}/saved_model.pb") == b"graph of v1"
+    assert registry.store.get(f"{newest}/variables/variables.index") == b"index of v1"
+    assert registry.store.get(f"{served[1]}/saved_model.pb") == b"graph of v2"
+
+    removed = collect_garbage(registry, LocalCache(tmp_path / "cache"), 10, timedelta(0), False)
+    assert [line for line in removed if "served" in line] == [
+        f"store: {location}/ (served before the current champion)" for location in served[:2]
+    ]
+    assert registry.store.get(f"{newest}/saved_model.pb") == b"graph of v1"
