@@ -6,7 +6,7 @@ epoch in turn (memory, shards, shards, memory, ...) and each epoch is compared w
 neighbour; the first epoch of each (graph tracing, the shards' parse into the subset's cache) is
 reported apart.
 
-    make bench  (or: .venv/bin/python -m bench.pipeline) [--images 2000] [--pairs 6]
+    make bench  (or: .venv/bin/python -m bench.pipeline) [--images 2000] [--pairs 10]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=10)
     arguments = parser.parse_args()
     size = arguments.size
     with tempfile.TemporaryDirectory() as folder:

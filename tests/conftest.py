@@ -132,6 +132,12 @@ def digit_images(classes: int, per_class: int) -> dict[str, bytes]:
     return files
 
 
+def put_all(bucket: str, prefix: str, files: dict[str, bytes]) -> None:
+    client = boto3.client("s3")
+    for key, data in files.items():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
+
+
 def write_files(folder: Path, files: dict[str, bytes]) -> Path:
     store = LocalStore(folder)
     for key, data in files.items():

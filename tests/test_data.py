@@ -38,15 +38,9 @@ from retrainer.settings import TrainingConfig
 from retrainer.storage import LocalStore, ObjectStore, S3Store, open_store
 from retrainer.validation import compare_class_sets, validate_data
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
-from tests.conftest import digit_images, write_files
+from tests.conftest import digit_images, put_all, write_files
 
 SPEC = PreparationSpec.of(TrainingConfig(image_size=16))
-
-
-def put_all(bucket: str, prefix: str, files: dict[str, bytes]) -> None:
-    client = boto3.client("s3")
-    for key, data in files.items():
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
 
 
 def listing_of(store: ObjectStore, tmp_path: Path) -> DataSnapshot:

@@ -38,7 +38,7 @@ from retrainer.serving import SERVING_SIGNATURE
 from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
-from tests.conftest import digit_images, publish_stub_version, write_files
+from tests.conftest import digit_images, publish_stub_version, put_all, write_files
 from tests.flaky_proxy import Fault, FlakyProxy, RequestLog, always_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -157,9 +157,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = boto3.client("s3")
-    for key, data in DATA.items():
-        client.put_object(Bucket=bucket, Key=f"incoming/images/{key}", Body=data)
+    put_all(bucket, "incoming/images", DATA)
     requests = RequestLog()
     flaky(requests)  # every request of the runs now goes through a counting proxy
     source_reads = f"/{bucket}/incoming/images/"
@@ -420,9 +418,7 @@ def test_a_night_with_nothing_new_is_decided_from_one_listing_without_tensorflow
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    client = boto3.client("s3")
-    for key, data in DATA.items():
-        client.put_object(Bucket=bucket, Key=f"images/{key}", Body=data)
+    put_all(bucket, "images", DATA)
     monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
     monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/images")
     # The champion is this very work: same data listing, parameters and code.
