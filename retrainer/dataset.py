@@ -150,9 +150,13 @@ def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def decode_failure(error: tf.errors.OpError) -> str:
-    """TensorFlow's decode error in one line: why a file cannot train."""
-    # "{{function_node ...}} Invalid PNG data, size 852 [Op:DecodeImage] name: "
-    message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", error.message.splitlines()[0])
+    """TensorFlow's decode error in one line: why a file cannot train (or be served)."""
+    # Eager: "{{function_node ...}} Invalid PNG data, size 852 [Op:DecodeImage] name: ".
+    # In a graph (the SavedModel) the reason follows "Graph execution error:" and the node.
+    noise = ("Graph execution error", "Detected at node", "<stack traces", "[[")
+    lines = [line.strip() for line in error.message.splitlines()]
+    reason = next((line for line in lines if line and not line.startswith(noise)), lines[0])
+    message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", reason)
     return f"does not decode: {message}"
 
 

@@ -132,7 +132,7 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     lines = capsys.readouterr().out.splitlines()
     for image, line in zip(images[:2], lines, strict=False):
         assert re.fullmatch(rf"{re.escape(str(image))}: [012] \(\d\.\d{{3}}\)", line), line
-    assert lines[2].startswith(f"{images[2]}: does not decode")
+    assert lines[2].startswith(f"{images[2]}: does not decode: Unknown image file format.")
     assert lines[3] == f"(version {publication.version} of 'demo')"
 
     unchanged = retrain()
