@@ -1,7 +1,7 @@
 """The demo dataset: scikit-learn's bundled handwritten digits, written as PNG files per class.
 
 It ships inside the scikit-learn package, so a fresh machine needs no download, and it is seeded
-into the store so the demo goes through the same fetch path as production data.
+into the store so the demo goes through the same list and prepare path as production data.
 """
 
 from __future__ import annotations

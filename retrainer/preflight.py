@@ -31,7 +31,7 @@ def check_stores(settings: Settings) -> None:
 
 def check_model_factory(config: TrainingConfig) -> None:
     """A user's model factory is imported and built once on the real input size, before any
-    download: a typo or a wrong output layer is a one-line error now, not after the fetch.
+    download: a typo or a wrong output layer is a one-line error now, not after preparation.
 
     The built-in model is left out: it is tested here, and the check costs TensorFlow's start-up.
     """
