@@ -123,7 +123,9 @@ def plan_preparation(
     store = open_store(prepared_at)
     index = read_index(store, snapshot.source_url, spec, log)
     # Shards the index names but the store lost (deleted by hand) are prepared again.
-    present = {info.key for info in store.list("shards/")}
+    present = {
+        info.key.removeprefix("shards/").removesuffix(".tfrecord") for info in store.list("shards/")
+    }
     kept: dict[str, PreparedObject] = {}
     new: list[ListedObject] = []
     for listed in snapshot.read_listing():
@@ -131,8 +133,7 @@ def plan_preparation(
         if (
             known is not None
             and (known.etag, known.size) == (listed.etag, listed.size)
-            and (known.shard is None or shard_key(known.shard) in present)
-            and (known.shard is None or known.shard in index.shards)
+            and (known.shard is None or (known.shard in index.shards and known.shard in present))
         ):
             kept[listed.key] = known
         else:
