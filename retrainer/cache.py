@@ -7,6 +7,8 @@ Layout under RETRAINER_CACHE_DIR, and how long each part lives:
                                    (`retrainer gc` removes those unused for a day)
     champions/<version>/           champion models, each checked against its manifest's sha256
                                    before use; kept (`retrainer gc` removes all but the champion's)
+    backbones/<version>/<name>     pretrained backbone weights (RETRAINER_BACKBONE_WEIGHTS), one
+                                   folder per URL and ETag; kept (a few MB each)
     checkpoints/<model>/<work key>/  Keras' backup of unfinished work; removed when the work is
                                    published (the store keeps its own copy until then)
     runs/<run id>/                 one run's listing, index copy, split, model, plots and logs;
@@ -33,6 +35,10 @@ class LocalCache:
     @property
     def champions_dir(self) -> Path:
         return self.root / "champions"
+
+    @property
+    def backbones_dir(self) -> Path:
+        return self.root / "backbones"
 
     def checkpoint_dir(self, model_name: str, work_key: str) -> Path:
         return self.root / "checkpoints" / model_name / work_key[:32]

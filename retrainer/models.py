@@ -1,11 +1,15 @@
-"""Models: the built-in CNN, a user's model factory, and warm start from the champion."""
+"""Models: the built-in CNN, a pretrained backbone, a user's model factory, and warm start from
+the champion."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import keras
 
@@ -15,8 +19,18 @@ from retrainer.errors import SettingsError
 from retrainer.records import Batches, ChampionRecord
 from retrainer.registry import ModelRegistry
 from retrainer.settings import TrainingConfig
+from retrainer.storage import open_store
 
 logger = logging.getLogger(__name__)
+
+# Both take pixels in [0, 255] and rescale them themselves (include_preprocessing), so they take
+# the prepared uint8 images as they are, in training and in the served model.
+BACKBONES: dict[str, Callable[..., keras.Model]] = {
+    "mobilenet_v3_small": keras.applications.MobileNetV3Small,
+    "efficientnet_v2_b0": keras.applications.EfficientNetV2B0,
+}
+BACKBONE_LAYER = "backbone"
+BackboneWeights = Path | Literal["imagenet"]
 
 
 def build_default_model(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -34,6 +48,88 @@ def build_default_model(input_shape: tuple[int, int, int], num_classes: int) -> 
         num_classes, activation="softmax", dtype="float32", name="classifier"
     )(x)
     return keras.Model(inputs, outputs, name="retrainer_cnn")
+
+
+def load_backbone_weights(application: keras.Model, backbone: str, weights: Path) -> None:
+    """Every weight of the application from the file, or SettingsError.
+
+    Keras loads what matches and only warns about the rest ("Skipping ... will retain their
+    freshly-initialized weights"): a partly random backbone must not train in silence.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            application.load_weights(weights)
+            problem = next((str(w.message) for w in caught if "Skipping" in str(w.message)), None)
+        except (ValueError, OSError) as error:
+            problem = str(error)
+    if problem:
+        raise SettingsError(
+            f"RETRAINER_BACKBONE_WEIGHTS: {weights.name} are not the weights of {backbone} "
+            f"without its top: {problem.splitlines()[0][:300]}"
+        )
+
+
+def build_transfer_model(
+    backbone: str, weights: BackboneWeights, input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """The pretrained backbone, frozen, under a new classifier: the model of the first phase."""
+    application = BACKBONES[backbone](
+        input_shape=input_shape,
+        include_top=False,
+        weights="imagenet" if weights == "imagenet" else None,
+        pooling="avg",
+    )
+    if isinstance(weights, Path):
+        load_backbone_weights(application, backbone, weights)
+    # The same layers under one name for every application, for find_backbone (EfficientNetV2
+    # takes its name as its architecture, so it cannot be named when built).
+    base = keras.Model(application.input, application.output, name=BACKBONE_LAYER)
+    base.trainable = False
+    inputs = keras.Input(shape=input_shape)
+    # training=False keeps BatchNormalization on its pretrained statistics, also once the
+    # backbone is fine-tuned: small batches of new images would otherwise wreck them.
+    x = base(inputs, training=False)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="classifier"
+    )(x)
+    return keras.Model(inputs, outputs, name=f"retrainer_{backbone}")
+
+
+def find_backbone(model: keras.Model) -> keras.Model | None:
+    """The pretrained backbone inside `model` (behind augmentation too), or None."""
+    for layer in model.layers:
+        if layer.name == BACKBONE_LAYER and isinstance(layer, keras.Model):
+            return layer
+        if isinstance(layer, keras.Model) and (inner := find_backbone(layer)) is not None:
+            return inner
+    return None
+
+
+def fetch_backbone_weights(url: str, cache_dir: Path, log: Log = logger) -> BackboneWeights:
+    """The weights file at `url` on this disk, downloaded once per version of it (its ETag)."""
+    if url == "imagenet":
+        log.info("Backbone weights: Keras' ImageNet download (needs internet on this worker)")
+        return "imagenet"
+    parent, _, name = url.rstrip("/").rpartition("/")
+    store = open_store(parent or ".")
+    info = store.head(name)
+    if info is None:
+        raise SettingsError(f"RETRAINER_BACKBONE_WEIGHTS: there is no file at {url}")
+    if not name.endswith(".weights.h5"):
+        raise SettingsError(
+            f"RETRAINER_BACKBONE_WEIGHTS: {name} must be a .weights.h5 file "
+            "(keras.applications.<Backbone>(include_top=False).save_weights(...))"
+        )
+    version = hashlib.sha256(f"{url} {info.etag}".encode()).hexdigest()[:16]
+    path = cache_dir / version / name
+    if path.exists():
+        log.info("Backbone weights: %s (a copy on this disk)", store.describe(name))
+    else:
+        store.download(name, path)
+        log.info("Backbone weights: downloaded %s (%.1f MB)", store.describe(name), info.size / 1e6)
+    return path
 
 
 def load_model_factory(spec: str) -> Callable[[tuple[int, int, int], int], keras.Model]:
@@ -145,19 +241,52 @@ def with_augmentation(model: keras.Model, config: TrainingConfig) -> keras.Model
     return augmented
 
 
+def compile_model(model: keras.Model, learning_rate: float, config: TrainingConfig) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=config.xla,
+    )
+
+
+def start_fine_tuning(model: keras.Model, config: TrainingConfig) -> int:
+    """Let the backbone train too, at the fine-tuning rate; the number of weights that now train.
+
+    Compiling again is what makes Keras train the newly trainable weights, with a new optimizer.
+    """
+    backbone = find_backbone(model)
+    if backbone is None:
+        raise SettingsError("fine-tuning needs a model built on RETRAINER_BACKBONE")
+    backbone.trainable = True
+    compile_model(model, config.fine_tune_learning_rate, config)
+    return sum(int(weight.numpy().size) for weight in model.trainable_weights)
+
+
 def build_model(
-    config: TrainingConfig, batches: Batches, warm_start: Path | None, started_from: str, log: Log
+    config: TrainingConfig,
+    batches: Batches,
+    warm_start: Path | None,
+    started_from: str,
+    log: Log,
+    backbone_weights: BackboneWeights | None = None,
 ) -> tuple[keras.Model, str]:
     """The model to fit, compiled, and what it starts from (the champion may not fit after all).
 
-    The model is always built by the factory under the current precision policy, and a warm start
-    loads the champion's weights into it: a champion saved in float32 trains in mixed precision
-    when this run asks for it (variables stay float32 under mixed_float16, so the weights fit).
+    The model is always built (factory or backbone) under the current precision policy, and a warm
+    start loads the champion's weights into it: a champion saved in float32 trains in mixed
+    precision when this run asks for it (variables stay float32 under mixed_float16, so the
+    weights fit). A backbone starts frozen: its first phase trains the classifier alone.
     """
     input_shape = (batches.image_size, batches.image_size, CHANNELS)
-    model = with_augmentation(
-        build_from_factory(config.model_factory, input_shape, len(batches.class_names)), config
-    )
+    classes = len(batches.class_names)
+    if config.backbone == "none":
+        base = build_from_factory(config.model_factory, input_shape, classes)
+    elif backbone_weights is None:
+        raise SettingsError(f"RETRAINER_BACKBONE={config.backbone}: its weights were not fetched")
+    else:
+        base = build_transfer_model(config.backbone, backbone_weights, input_shape, classes)
+    model = with_augmentation(base, config)
     if warm_start is not None:
         champion = keras.models.load_model(warm_start, safe_mode=True, compile=False)
         if mismatch := warm_start_mismatch(champion, model):
@@ -168,10 +297,5 @@ def build_model(
         else:
             model.set_weights(champion.get_weights())
     if not getattr(model, "compiled", False):
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=config.xla,
-        )
+        compile_model(model, config.learning_rate, config)
     return model, started_from

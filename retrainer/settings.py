@@ -22,6 +22,8 @@ from retrainer.errors import SettingsError, redact
 ENV_PREFIX = "RETRAINER_"
 DEMO_DATASET_KEY = "datasets/digits"
 DEFAULT_MODEL_FACTORY = "retrainer.models:build_default_model"
+# Keras' MobileNetV3 refuses smaller inputs; EfficientNetV2's blocks shrink them to nothing.
+MIN_BACKBONE_IMAGE_SIZE = 32
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -156,6 +158,28 @@ class TrainingConfig(BaseModel):
         DEFAULT_MODEL_FACTORY,
         description="`module:function` returning a Keras model for (input shape, classes).",
     )
+    backbone: Literal["none", "mobilenet_v3_small", "efficientnet_v2_b0"] = Field(
+        "none",
+        description="Transfer learning: this Keras Applications backbone, pretrained, under a new "
+        "classifier (instead of RETRAINER_MODEL_FACTORY); its weights come from "
+        "RETRAINER_BACKBONE_WEIGHTS. Trained `epochs` with the backbone frozen, then "
+        "`fine_tune_epochs` with it training too.",
+    )
+    backbone_weights: str | None = Field(
+        None,
+        description="The backbone's pretrained weights: a `.weights.h5` file of the backbone "
+        "without its top (s3://bucket/key, file:///path or a path), or 'imagenet' for Keras' "
+        "download (the worker needs internet).",
+    )
+    fine_tune_epochs: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="With a backbone: epochs after the frozen ones, backbone training too.",
+    )
+    fine_tune_learning_rate: float = Field(
+        1e-5, gt=0.0, le=1.0, description="With a backbone: Adam learning rate while fine-tuning."
+    )
     warm_start: Literal["auto", "never", "always"] = Field(
         "auto",
         description="Start from the champion's weights: auto (when its classes and input shape "
@@ -203,6 +227,37 @@ class TrainingConfig(BaseModel):
                 f"{self.test_fraction})"
             )
         return self
+
+    @field_validator("backbone_weights")
+    @classmethod
+    def _weights_location(cls, value: str | None) -> str | None:
+        return value if value in (None, "imagenet") else check_location_url(value)
+
+    @model_validator(mode="after")
+    def _backbone_has_weights(self) -> TrainingConfig:
+        if self.backbone == "none":
+            return self
+        if self.backbone_weights is None:
+            raise ValueError(
+                f"RETRAINER_BACKBONE={self.backbone} needs RETRAINER_BACKBONE_WEIGHTS: the URL of "
+                "its pretrained .weights.h5 file, or 'imagenet' on a worker with internet"
+            )
+        if self.model_factory != DEFAULT_MODEL_FACTORY:
+            raise ValueError(
+                "RETRAINER_BACKBONE and RETRAINER_MODEL_FACTORY both choose the model: set one"
+            )
+        if self.image_size < MIN_BACKBONE_IMAGE_SIZE:
+            raise ValueError(
+                f"RETRAINER_BACKBONE={self.backbone} takes images of at least "
+                f"{MIN_BACKBONE_IMAGE_SIZE} px: raise RETRAINER_IMAGE_SIZE "
+                f"(now {self.image_size})"
+            )
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole training: with a backbone, the frozen ones and the fine-tuning."""
+        return self.epochs + (self.fine_tune_epochs if self.backbone != "none" else 0)
 
 
 class Settings(TrainingConfig, BaseSettings):

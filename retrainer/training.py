@@ -3,6 +3,10 @@
 Each finished epoch is backed up by Keras' BackupAndRestore and mirrored to the object store (see
 checkpoints.py), so a retry, or a new run of the same work on another machine, resumes at the next
 epoch. The history file keeps every epoch, including those before a resume.
+
+With a pretrained backbone, training has two phases in one numbering of epochs: `epochs` train the
+new classifier on the frozen backbone, then `fine_tune_epochs` train the backbone too, at a low
+learning rate. A resume knows its phase from the epoch it resumes at.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +29,7 @@ from retrainer.checkpoints import CheckpointMirror
 from retrainer.dataset import input_fn
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
-from retrainer.models import build_model
+from retrainer.models import BackboneWeights, build_model, start_fine_tuning
 from retrainer.records import Batches, TrainedModel
 from retrainer.settings import TrainingConfig
 
@@ -123,6 +128,7 @@ def train_model(
     log: Log = logger,
     on_epoch: Callable[[int, int], None] | None = None,
     plan: DevicePlan | None = None,
+    backbone_weights: BackboneWeights | None = None,
 ) -> TrainedModel:
     """Fit on the training split, resuming from the last finished epoch of this same work."""
     started_at = datetime.now(UTC)
@@ -138,20 +144,23 @@ def train_model(
     train = input_fn(scaled, "train", shuffle=True, seed=config.seed)
     validation = input_fn(scaled, "validation", shuffle=False)
     with strategy.scope():
-        model, started_from = build_model(config, batches, warm_start, started_from, log)
+        model, started_from = build_model(
+            config, batches, warm_start, started_from, log, backbone_weights
+        )
 
     mirror.local_dir.mkdir(parents=True, exist_ok=True)
     resumed_from = mirror.restore(log)
     history_path = mirror.local_dir / "history.json"
     history: dict[str, list[float]] = {}
+    total_epochs = config.total_epochs
     if resumed_from:
         saved = json.loads(history_path.read_text())
         history = {name: values[:resumed_from] for name, values in saved.items()}
-        log.info("Resuming at epoch %d of %d", resumed_from + 1, config.epochs)
+        log.info("Resuming at epoch %d of %d", resumed_from + 1, total_epochs)
     log.info(
         "Training for %d epochs on %d images, validating on %d, batch size %d (%d per replica "
         "on %d replica(s)), from %s",
-        config.epochs,
+        total_epochs,
         batches.train_count,
         batches.validation_count,
         scaled.batch_size,
@@ -161,14 +170,15 @@ def train_model(
     )
     tensorboard_dir = output_dir / "tensorboard"
     callbacks: list[keras.callbacks.Callback] = [
-        EpochEnd(config.epochs, history, history_path, log, on_epoch),
+        EpochEnd(total_epochs, history, history_path, log, on_epoch),
         keras.callbacks.BackupAndRestore(str(mirror.local_dir), delete_checkpoint=False),
         MirrorCheckpoint(mirror, log),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.TensorBoard(str(tensorboard_dir), write_graph=False, profile_batch=0),
     ]
+    early_stopping: list[keras.callbacks.Callback] = []
     if config.early_stopping_patience:
-        callbacks.append(
+        early_stopping.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss",
                 patience=config.early_stopping_patience,
@@ -181,31 +191,67 @@ def train_model(
             "Class weights (balanced from the training counts): %s",
             ", ".join(f"{batches.class_names[i]} {w:.2f}" for i, w in weights.items()),
         )
-    try:
-        model.fit(
-            train,
-            validation_data=validation,
-            epochs=config.epochs,
-            class_weight=weights,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle a tf.data pipeline
-            verbose=0,
+
+    def fit(first_epoch: int, last_epoch: int, stops: list[keras.callbacks.Callback]) -> None:
+        """Epochs first_epoch+1 to last_epoch; BackupAndRestore moves the start to the last
+        finished epoch of this work."""
+        try:
+            model.fit(
+                train,
+                validation_data=validation,
+                initial_epoch=first_epoch,
+                epochs=last_epoch,
+                class_weight=weights,
+                callbacks=callbacks + stops,
+                shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle tf.data
+                verbose=0,
+            )
+        except tf.errors.ResourceExhaustedError as error:
+            # The same batch on the same card would run out again: not worth a retry.
+            raise OutOfDeviceMemory(
+                f"training on {', '.join(plan.devices)} ran out of memory with batches of "
+                f"{scaled.batch_size} images of {batches.image_size} px: lower "
+                "RETRAINER_BATCH_SIZE (or RETRAINER_IMAGE_SIZE); the last finished epoch is kept "
+                f"and training resumes there ({str(error.message).splitlines()[0][:200]})"
+            ) from None
+
+    fine_tuning = config.total_epochs > config.epochs
+    if fine_tuning:
+        log.info(
+            "Transfer learning on %s: %d epochs train the new classifier on the frozen "
+            "backbone (learning rate %g), then %d fine-tune the backbone too (learning rate %g)",
+            config.backbone,
+            config.epochs,
+            config.learning_rate,
+            config.fine_tune_epochs,
+            config.fine_tune_learning_rate,
         )
-    except tf.errors.ResourceExhaustedError as error:
-        # The same batch on the same card would run out again: not worth a retry.
-        raise OutOfDeviceMemory(
-            f"training on {', '.join(plan.devices)} ran out of memory with batches of "
-            f"{scaled.batch_size} images of {batches.image_size} px: lower "
-            "RETRAINER_BATCH_SIZE (or RETRAINER_IMAGE_SIZE); the last finished epoch is kept "
-            f"and training resumes there ({str(error.message).splitlines()[0][:200]})"
-        ) from None
+    # A resumed run that finished every epoch still calls fit: BackupAndRestore loads the last
+    # epoch's weights there. When fine-tuning was reached, its own fit loads them.
+    if resumed_from < config.epochs or not fine_tuning:
+        # Early stopping belongs to the last phase: a frozen phase cut short would leave the
+        # fine-tuning phase no fixed epoch to start, and resume, at.
+        fit(0, config.epochs, [] if fine_tuning else early_stopping)
+    if fine_tuning and not any(math.isnan(value) for value in history.get("loss", [])):
+        with strategy.scope():
+            trainable = start_fine_tuning(model, config)
+        log.info(
+            "Fine-tuning from epoch %d: the backbone trains too (%d weights train)",
+            config.epochs + 1,
+            trainable,
+        )
+        with warnings.catch_warnings():
+            # The checkpoint of the last frozen epoch holds that phase's optimizer, which has
+            # fewer variables than the new one: Keras skips it with a warning, as it should.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            fit(config.epochs, total_epochs, early_stopping)
 
     epochs_run = len(history.get("loss", []))
     diverged = None
     if any(math.isnan(value) for value in history.get("loss", [])):
         diverged = f"the training loss became NaN in epoch {epochs_run}"
         log.error("Training diverged: %s", diverged)
-    elif epochs_run < config.epochs:
+    elif epochs_run < total_epochs:
         log.info(
             "Stopped early after epoch %d: val_loss had not improved for %d epochs; "
             "the best weights are kept",
@@ -229,5 +275,5 @@ def train_model(
         started_at=started_at,
         finished_at=datetime.now(UTC),
         diverged=diverged,
-        stopped_early=not diverged and epochs_run < config.epochs,
+        stopped_early=not diverged and epochs_run < total_epochs,
     )

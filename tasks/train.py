@@ -25,7 +25,7 @@ def train(
     # and its start-up noise is kept out of the log.
     start_tensorflow()
     from retrainer.devices import detect_devices
-    from retrainer.models import find_warm_start
+    from retrainer.models import fetch_backbone_weights, find_warm_start
     from retrainer.training import train_model
 
     log = get_run_logger()
@@ -36,6 +36,11 @@ def train(
     warm_start, started_from = find_warm_start(
         registry, champion, batches, settings.warm_start, settings.cache.champions_dir, log
     )
+    backbone_weights = (
+        fetch_backbone_weights(settings.backbone_weights, settings.cache.backbones_dir, log)
+        if settings.backbone != "none" and settings.backbone_weights
+        else None
+    )
     return train_model(
         batches,
         work.config,
@@ -43,6 +48,7 @@ def train(
         mirror,
         warm_start=warm_start,
         started_from=started_from,
+        backbone_weights=backbone_weights,
         log=log,
         on_epoch=progress_reporter(f"Training '{settings.model_name}'"),
         plan=detect_devices(settings.mixed_precision, settings.device),
