@@ -341,6 +341,17 @@ def record_preparation(
     )
 
 
+def cached_intact(path: Path, shard: str, log: Log) -> bool:
+    """Whether this worker's copy of `shard` is there and holds exactly its bytes."""
+    if not path.is_file():
+        return False
+    if sha256_of_file(path) == shard:
+        return True
+    log.warning("Shard %s on this disk is damaged (its sha256 differs): downloading it again", path)
+    path.unlink()
+    return False
+
+
 def fetch_shards(
     prepared: PreparedData,
     shards_dir: Path,
@@ -349,19 +360,16 @@ def fetch_shards(
 ) -> dict[str, Path]:
     """Every shard holding a usable image, on this worker's disk: reused when already there.
 
-    A cached shard is trusted by name and size (TFRecord's per-record CRC catches damage when
-    it is read); a downloaded one is checked against its sha256.
+    Every shard, cached or downloaded, is checked against its name (its sha256): a cached copy
+    damaged on disk is downloaded again rather than failing every night on this worker. Hashing
+    costs one read of the cached shards, small beside the epochs that read them again.
     """
     index = prepared.read_index()
     needed = sorted({entry.shard for entry in index.objects.values() if entry.shard})
     store = open_store(prepared.prepared_url)
     shards_dir.mkdir(parents=True, exist_ok=True)
     paths = {shard: shards_dir / f"{shard}.tfrecord" for shard in needed}
-    missing = [
-        shard
-        for shard in needed
-        if not paths[shard].is_file() or paths[shard].stat().st_size != index.shards[shard].size
-    ]
+    missing = [shard for shard in needed if not cached_intact(paths[shard], shard, log)]
     for shard in set(needed) - set(missing):
         os.utime(paths[shard])  # in use: `retrainer gc` keeps recently used shards
     progress = Progress("Downloading shards", len(missing), log, on_progress)

@@ -7,6 +7,7 @@ tests use a fresh cache folder wherever a worker's disk would be empty.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -199,6 +200,23 @@ def test_a_damaged_shard_in_the_store_is_refused_and_a_lost_one_prepared_again(
     again = prepare(LocalStore(folder), tmp_path)
     assert (again.prepared, again.reused) == (16, 0)
     assert again.read_index().shards == prepared.read_index().shards  # the same bytes, same name
+
+
+def test_a_cached_shard_damaged_on_this_disk_is_downloaded_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=8))
+    prepared = prepare(LocalStore(folder), tmp_path)
+    shards_dir = tmp_path / "warm" / "shards"
+    (path,) = fetch_shards(prepared, shards_dir).values()
+    good = path.read_bytes()
+    path.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit flipped
+
+    with caplog.at_level(logging.WARNING, logger="retrainer"):
+        fetch_shards(prepared, shards_dir)
+
+    assert path.read_bytes() == good
+    assert f"Shard {path} on this disk is damaged" in caplog.text
 
 
 def test_a_new_night_prepares_only_new_objects_in_chunks_of_bounded_size(tmp_path: Path) -> None:
