@@ -41,3 +41,4 @@ bench: $(UV)
 	$(RUN) python -m bench.pipeline
 	$(RUN) python -m bench.training
 	$(RUN) python -m bench.memory
+	$(RUN) python -m bench.photos

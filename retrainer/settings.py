@@ -137,7 +137,9 @@ class TrainingConfig(BaseModel):
     for "nothing changed".
     """
 
-    epochs: int = Field(10, ge=1, le=1000, description="Training epochs.")
+    # 30 epochs with a patience of 10: the first defaults above 0.9 on every seed in
+    # bench.photos (real photographs); 10 and 5 gave 0.87 on average, 0.80 at worst.
+    epochs: int = Field(30, ge=1, le=1000, description="Training epochs.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per training batch.")
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
     learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
@@ -190,7 +192,7 @@ class TrainingConfig(BaseModel):
     )
     xla: bool = Field(False, description="Compile the training step with XLA.")
     early_stopping_patience: int = Field(
-        5, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
+        10, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
     )
     class_weights: Literal["balanced", "none"] = Field(
         "balanced",

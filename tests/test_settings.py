@@ -11,7 +11,7 @@ def test_defaults_point_the_data_at_the_demo_dataset_in_the_store() -> None:
     settings = load_settings()
     assert settings.store_url == "./.retrainer/store"
     assert settings.resolved_data_url == "./.retrainer/store/datasets/digits"
-    assert settings.epochs == 10
+    assert settings.epochs == 30
     assert settings.model_name == "demo"
 
 
@@ -105,10 +105,16 @@ def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
         "augment_rotation": 0.1,
         "augment_zoom": 0.1,
         "augment_contrast": 0.1,
+        # A backbone is valid only with its weights: both change together.
+        "backbone": {"backbone": "mobilenet_v3_small", "backbone_weights": "imagenet"},
+        "backbone_weights": "s3://weights-bucket/b0.weights.h5",
+        "fine_tune_epochs": 2,
+        "fine_tune_learning_rate": 1e-4,
     }
     assert set(changed) == set(TrainingConfig.model_fields)
     for name, value in changed.items():
-        other = identify_work("fingerprint", WithLater(**{name: value}))
+        fields = value if isinstance(value, dict) else {name: value}
+        other = identify_work("fingerprint", WithLater(**fields))
         assert other.key != base.key, name
     assert identify_work("other data", WithLater()).key != base.key
 
