@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -260,7 +261,7 @@ def start_fine_tuning(model: keras.Model, config: TrainingConfig) -> int:
         raise SettingsError("fine-tuning needs a model built on RETRAINER_BACKBONE")
     backbone.trainable = True
     compile_model(model, config.fine_tune_learning_rate, config)
-    return sum(int(weight.numpy().size) for weight in model.trainable_weights)
+    return sum(math.prod(weight.shape) for weight in model.trainable_weights)
 
 
 def build_model(
