@@ -23,7 +23,8 @@ RECENT = "20261128T020000Z"
 
 
 def age(path: Path, days: float) -> None:
-    stamp = (datetime.now(UTC) - timedelta(days=days)).timestamp()
+    """Make `path` look untouched for `days` before NOW, the time every collection runs at."""
+    stamp = (NOW - timedelta(days=days)).timestamp()
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
         os.utime(item, (stamp, stamp))
 
