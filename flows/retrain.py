@@ -38,7 +38,10 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
         if already_done := check_for_changes(work, champion, settings):
             if not parameters.force:
                 return report_skipped(already_done, settings)
-            get_run_logger().info("Force is set: training anyway")
+            get_run_logger().warning(
+                "Forced: training anyway, where this run would have stopped: %s",
+                already_done.message,
+            )
         prepare = prepare_dataset.with_options(task_runner=task_runner_for(settings))
         prepared = prepare(snapshot, settings)
         data = validate(prepared, champion, settings)

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
 
     promote.add_argument(
-        "--repair", action="store_true", help="replace an unreadable champion.json (history lost)"
+        "--repair",
+        action="store_true",
+        help="replace a missing or unreadable champion.json, continuing its recorded history",
     )
     promote.set_defaults(handler=promote_command)
 
@@ -86,12 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument(
         "--repair",
         action="store_true",
-        help="replace an unreadable champion.json with the newest version that passed and verifies",
+        help="with a missing or unreadable champion.json: roll back from the history's last "
+        "champion (without a history: the newest version that passed, was not withdrawn and "
+        "verifies)",
     )
     rollback.set_defaults(handler=rollback_command)
 
+    repair = commands.add_parser(
+        "repair", help="restore a missing or unreadable champion.json from the champion history"
+    )
+    repair.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+    repair.set_defaults(handler=repair_command)
+
     verify = commands.add_parser(
-        "verify", help="check the champion, its manifest and every file's sha256"
+        "verify",
+        help="check the champion, its manifest, every file's sha256 and what TF Serving serves",
     )
     verify.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
     verify.add_argument("--all", action="store_true", help="check every published version too")
@@ -218,8 +229,15 @@ def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
         f"override: {arguments.reason}",
         etag,
         repair=arguments.repair,
+        override=True,
     )
     print(f"Version {champion.version} is now champion of '{registry.model_name}' (override)")
+    if champion.previous and champion.previous[0].version != champion.version:
+        print(
+            f"  The work of {champion.previous[0].version} is withdrawn: nightly runs do not train "
+            "it again unless forced"
+        )
+    print(f"  served at {registry.store.describe(registry.serving_location(champion))}")
     return 0
 
 
@@ -256,6 +274,23 @@ def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
         f"manual by {getpass.getuser()}", arguments.reason, repair=arguments.repair
     )
     print(f"Rolled back: version {champion.version} is champion of '{registry.model_name}' again")
+    print(
+        "  The rolled-back work is withdrawn: nightly runs do not train it again until the data, "
+        "the parameters or the code change (or a run is forced)"
+    )
+    print(f"  served at {registry.store.describe(registry.serving_location(champion))}")
+    return 0
+
+
+def repair_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    registry = ModelRegistry(
+        open_store(settings.store_url), arguments.model_name or settings.model_name
+    )
+    champion = registry.restore_champion()
+    print(
+        f"Restored champion.json of '{registry.model_name}' from its history: version "
+        f"{champion.version} (change {champion.serving_number})"
+    )
     return 0
 
 
@@ -266,14 +301,17 @@ def verify_command(settings: Settings, arguments: argparse.Namespace) -> int:
     )
     problems: list[str] = []
     try:
-        champion = registry.read_champion_record()
+        champion, etag = registry.read_champion()
+        record = registry.champion_record(champion, etag) if champion and etag else None
     except BadInput as error:
-        champion, problems = None, [str(error)]
+        champion, record, problems = None, None, [str(error)]
     versions = registry.published_versions() if arguments.all else []
-    if champion is not None and champion.version not in versions:
-        versions.append(champion.version)
+    if record is not None and record.version not in versions:
+        versions.append(record.version)
     for version in versions:
         problems += registry.verify_version(version)
+    if champion is not None and record is not None:
+        problems += registry.serving_problems(champion)
     for problem in problems:
         print(problem)
     if not problems:

@@ -51,24 +51,34 @@ def identify_work(data_fingerprint: str, config: TrainingConfig) -> Work:
 def skip_if_unchanged(
     registry: ModelRegistry, champion: ChampionRecord | None, work: Work
 ) -> Publication | None:
-    """A "skipped" outcome when this very work made the champion or was rejected, else None.
+    """A "skipped" outcome when this very work made the champion, was rejected, or made a version
+    an operator withdrew (rolled back, or demoted by promoting another by hand), else None.
 
     Training the same data with the same parameters and code again would give the same outcome:
-    a rejected work is not retrained every night on the GPU.
+    a rejected work is not retrained every night on the GPU, and a person's rollback sticks.
     """
+    until = (
+        "training skipped until the data, the parameters or the code change; run with --force "
+        "to retrain anyway"
+    )
     if champion is not None and champion.work_key == work.key:
         message = (
             f"nothing changed since champion {champion.version} (same data, parameters and "
-            "code): training skipped; pass force to retrain anyway"
+            "code): training skipped; run with --force to retrain anyway"
         )
-    elif (
-        record := registry.read_work_record(work.key)
-    ) is not None and record.status == "rejected":
+    elif (record := registry.read_work_record(work.key)) is None:
+        return None
+    elif record.status == "rejected":
         message = (
             f"this exact work (same data, parameters and code) was trained on "
             f"{record.finished_at:%Y-%m-%d} as version {record.version} and {record.reason}: "
-            "training skipped until the data, the parameters or the code change; pass force to "
-            "retrain anyway"
+            f"{until}"
+        )
+    elif record.status == "withdrawn":
+        message = (
+            f"this exact work (same data, parameters and code) made version {record.version}, "
+            f"which was taken out of production on {record.finished_at:%Y-%m-%d} "
+            f"({record.reason}): {until}"
         )
     else:
         return None

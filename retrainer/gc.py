@@ -5,13 +5,14 @@ Always kept: the champion and every version in its history (the rollback targets
 rejected work from being retrained every night) and the lease.
 
 Removed from the store:
-- versions without a manifest: a publication that died half-way (readers never follow them);
+- versions without a manifest untouched for a day: a publication that died half-way (readers
+  never follow them; a younger one may be a run still uploading, whose lease this gc outlived);
 - partial writes: multipart uploads never completed, `.tmp-` files of the local store;
 - checkpoints of work that finished (it has a work record) or that nobody touched for
   `older_than` (abandoned: its data or parameters changed before it could finish);
 - versions that were not promoted, older than `older_than`, beyond the newest `keep`;
-- served copies of former champions (`serving/<model>/<n>/` but the newest), older than
-  `older_than`;
+- served copies of former champions (`serving/<model>/<n>/` but the champion's own number),
+  older than `older_than`;
 - prepared shards no prepared index names (compacted, or of data that changed), older than
   `older_than` (younger ones may belong to a preparation still running).
 
@@ -38,6 +39,9 @@ from retrainer.registry import ModelRegistry
 from retrainer.storage import ObjectInfo, ObjectNotFound
 
 LOCAL_LEFTOVER_AGE = timedelta(days=1)
+# A version without a manifest younger than this may still be uploading (its run's lease can have
+# lapsed in an outage while it goes on): it is left alone, whatever `older_than` says.
+UNFINISHED_VERSION_AGE = timedelta(days=1)
 VERSION_TIME_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
@@ -53,7 +57,7 @@ def collect_garbage(
     now = now or datetime.now(UTC)
     cutoff = now - older_than
     removed = [f"store: {item}" for item in registry.store.remove_partials(cutoff, dry_run)]
-    removed += _collect_versions(registry, keep, cutoff, dry_run)
+    removed += _collect_versions(registry, keep, cutoff, now - UNFINISHED_VERSION_AGE, dry_run)
     removed += _collect_checkpoints(registry, cutoff, dry_run)
     removed += _collect_shards(registry, cutoff, dry_run)
     removed += _collect_served(registry, cutoff, dry_run)
@@ -75,7 +79,7 @@ def _version_time(version: str, objects: list[ObjectInfo]) -> datetime:
 
 
 def _collect_versions(
-    registry: ModelRegistry, keep: int, cutoff: datetime, dry_run: bool
+    registry: ModelRegistry, keep: int, cutoff: datetime, unfinished_cutoff: datetime, dry_run: bool
 ) -> list[str]:
     prefix = f"{registry.root}/versions/"
     objects: dict[str, list[ObjectInfo]] = defaultdict(list)
@@ -91,6 +95,9 @@ def _collect_versions(
     for version in sorted(objects):
         files = objects[version]
         if not any(info.key.endswith("/manifest.json") for info in files):
+            newest = max((info.modified or unfinished_cutoff) for info in files)
+            if newest >= unfinished_cutoff:
+                continue
             removed.append(f"store: {prefix}{version}/ (no manifest: publication never finished)")
             _delete_all(registry, files, dry_run)
         elif version not in protected:
@@ -149,13 +156,15 @@ def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) ->
 
 
 def _collect_served(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
-    """Served versions but the newest (the champion, which TF Serving serves)."""
+    """Served folders but the champion's own (by its number, whichever is highest)."""
+    champion, _ = registry.read_champion()
     prefix = f"{registry.serving_prefix}/"
     served: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in registry.store.list(prefix):
         served[info.key[len(prefix) :].split("/", 1)[0]].append(info)
     removed = []
-    for number in sorted(served, key=int)[:-1]:
+    kept = str(champion.serving_number) if champion else None
+    for number in sorted((n for n in served if n != kept), key=int):
         files = served[number]
         if max((info.modified or cutoff) for info in files) < cutoff:
             removed.append(f"store: {prefix}{number}/ (served before the current champion)")

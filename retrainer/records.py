@@ -380,11 +380,15 @@ class ChampionRecord(BaseModel):
 
 
 class WorkRecord(BaseModel):
-    """`models/<name>/works/<work key>.json`: how the last training of this exact work ended."""
+    """`models/<name>/works/<work key>.json`: how the last training of this exact work ended.
+
+    `withdrawn`: its version was champion until an operator rolled it back or promoted another by
+    hand; like a rejected work, it is not trained again unless the run is forced.
+    """
 
     work_key: str
     version: str
-    status: Literal["promoted", "rejected", "conflict"]
+    status: Literal["promoted", "rejected", "conflict", "withdrawn"]
     reason: str
     finished_at: datetime
 

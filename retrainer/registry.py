@@ -5,15 +5,25 @@ Layout under the store root:
     models/<name>/versions/<version>/model.keras, history.json, metrics.json, decision.json,
                                       manifest.json, ...
     models/<name>/champion.json       written last, and only for a version whose files are all there
+    models/<name>/history/<generation>.json   every champion.json ever written, never rewritten
     models/<name>/works/<work key>.json   how the last training of that exact work ended
+    serving/<name>/<generation>/      the champion's SavedModel, where TensorFlow Serving looks
+
+Every change of champion (promotion, override, rollback) writes champion.json by compare-and-swap
+with the next `generation`, a counter kept in champion.json itself, so it comes from the store and
+never from a clock. The change is then appended to the history and the champion is laid out for
+serving under that number; a kill between these steps is finished by the next run
+(`make_store_match_champion`), and champion.json can be rebuilt from the history.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -22,6 +32,9 @@ from retrainer.records import ChampionRecord, Manifest, WorkRecord
 from retrainer.storage import ObjectNotFound, ObjectStore, sha256_of_file
 
 CHAMPION_HISTORY_LENGTH = 10
+
+
+ChampionAction = Literal["promotion", "override", "rollback"]
 
 
 class PromotionConflict(RuntimeError):
@@ -41,7 +54,28 @@ class ChampionEntry(BaseModel):
 
 class Champion(ChampionEntry):
     model_name: str
+    generation: int | None = Field(
+        None,
+        description="counts the changes of champion; names the serving folder. None in records "
+        "written before the counter, which were served under their promotion time",
+    )
+    action: ChampionAction = "promotion"
     previous: list[ChampionEntry] = Field(default_factory=list)
+
+    @property
+    def serving_number(self) -> int:
+        """TF Serving's version number of this champion: the highest in `serving/<model>/`."""
+        if self.generation is not None:
+            return self.generation
+        return round(self.promoted_at.timestamp() * 1_000_000)
+
+    def entry(self) -> ChampionEntry:
+        return ChampionEntry(**self.model_dump(include=set(ChampionEntry.model_fields)))
+
+
+def champion_body(champion: Champion) -> bytes:
+    """champion.json and its history entry hold exactly these bytes."""
+    return champion.model_dump_json(indent=2).encode()
 
 
 class VersionSummary(BaseModel):
@@ -74,6 +108,14 @@ class ModelRegistry:
     def work_record_key(self, work_key: str) -> str:
         return f"{self.root}/works/{work_key}.json"
 
+    @property
+    def history_prefix(self) -> str:
+        return f"{self.root}/history/"
+
+    def history_key(self, generation: int) -> str:
+        # Zero-padded, so the store lists the history in order.
+        return f"{self.history_prefix}{generation:020d}.json"
+
     def read_champion(self) -> tuple[Champion | None, str | None]:
         """The champion and the ETag to pass to `promote` (None, None before the first one).
 
@@ -81,10 +123,12 @@ class ModelRegistry:
         """
         info = self.store.head(self.champion_key)
         if info is None:
+            self._refuse_a_lost_champion()
             return None, None
         try:
             raw = self.store.get(self.champion_key)
         except ObjectNotFound:
+            self._refuse_a_lost_champion()
             return None, None
         try:
             return Champion.model_validate_json(raw), info.etag
@@ -92,9 +136,45 @@ class ModelRegistry:
             raise RegistryCorrupt(
                 f"{self.store.describe(self.champion_key)} is unreadable "
                 f"({error.error_count()} problem(s), first: {error.errors()[0]['msg']}); "
-                "repair it with `retrainer promote VERSION --repair --reason ...` or "
-                "`retrainer rollback --repair --reason ...`"
+                f"{self._repair_advice()}"
             ) from None
+
+    def _refuse_a_lost_champion(self) -> None:
+        """No champion.json although champions were recorded: a lost file, not a first model."""
+        logged = self.newest_logged_champion()
+        if logged is not None:
+            raise RegistryCorrupt(
+                f"{self.store.describe(self.champion_key)} is missing, but the champion history "
+                f"names version {logged.version} (change {logged.serving_number}); "
+                f"{self._repair_advice()}"
+            )
+
+    def _repair_advice(self) -> str:
+        return (
+            "restore it from the champion history with `retrainer repair --reason ...`"
+            f" (model '{self.model_name}'), or choose with `retrainer promote VERSION --repair"
+            " --reason ...` or `retrainer rollback --repair --reason ...`"
+        )
+
+    def read_history(self) -> list[Champion]:
+        """Every champion.json ever written, oldest first (unreadable entries are skipped)."""
+        entries = []
+        for info in self.store.list(self.history_prefix):
+            try:
+                entries.append(Champion.model_validate_json(self.store.get(info.key)))
+            except (ObjectNotFound, ValidationError):
+                continue
+        return entries
+
+    def newest_logged_champion(self) -> Champion | None:
+        """The last champion the history recorded, or None when it recorded none."""
+        keys = [info.key for info in self.store.list(self.history_prefix)]
+        for key in reversed(keys):
+            try:
+                return Champion.model_validate_json(self.store.get(key))
+            except (ObjectNotFound, ValidationError):
+                continue
+        return None
 
     def manifest(self, version: str) -> Manifest:
         key = self.file_key(version, "manifest.json")
@@ -110,6 +190,10 @@ class ModelRegistry:
         champion, etag = self.read_champion()
         if champion is None or etag is None:
             return None
+        return self.champion_record(champion, etag)
+
+    def champion_record(self, champion: Champion, etag: str) -> ChampionRecord:
+        """The record of `champion`, read with `etag`, with what its manifest says."""
         try:
             manifest = self.manifest(champion.version)
         except ObjectNotFound:
@@ -136,68 +220,169 @@ class ModelRegistry:
         reason: str,
         expected_etag: str | None,
         repair: bool = False,
+        override: bool = False,
     ) -> Champion:
         """Point champion.json at `version`, unless someone else moved it since `expected_etag`.
 
-        `repair` replaces an unreadable champion.json (its history is lost), still by
-        compare-and-swap on the ETag of the unreadable object.
+        `override`: a person chose this version against the gate's order; the champion it demotes
+        has its work withdrawn, so no nightly run trains that work and promotes it back.
+        `repair` replaces a missing or unreadable champion.json, continuing the history's newest
+        entry, still by compare-and-swap on what is there now.
         """
-        if not self.store.exists(self.file_key(version, "manifest.json")):
-            raise BadInput(f"version {version} of '{self.model_name}' is not fully published")
-        previous: list[ChampionEntry] = []
+        self.check_promotable(version)
         try:
             current, current_etag = self.read_champion()
         except RegistryCorrupt:
             if not repair:
                 raise
-            current, current_etag = None, self._etag_of(self.champion_key)
+            current, current_etag = self.newest_logged_champion(), self._etag_of(self.champion_key)
             expected_etag = current_etag
         if current is not None and (current.version, current.run_id) == (version, run_id):
-            self.lay_out_for_serving(current)  # the retry finishes what the first try began
+            self.make_store_match_champion(current)  # the retry finishes what the first try began
             return current  # a retry of a promotion that already happened
         if current_etag != expected_etag:
             raise self._conflict(version)
+        previous: list[ChampionEntry] = []
         if current is not None:
-            entry = ChampionEntry(**current.model_dump(include=set(ChampionEntry.model_fields)))
-            previous = [entry, *current.previous][:CHAMPION_HISTORY_LENGTH]
-        return self._write_champion(version, run_id, reason, previous, expected_etag)
+            previous = [current.entry(), *current.previous][:CHAMPION_HISTORY_LENGTH]
+            if override and current.version != version:
+                self.withdraw(current.version, f"demoted by {run_id} for {version}: {reason}")
+        action: ChampionAction = "override" if override else "promotion"
+        return self._write_champion(
+            version, run_id, reason, previous, expected_etag, current, action
+        )
 
     def rollback(self, run_id: str, reason: str, repair: bool = False) -> Champion:
-        """Make the previous champion the champion again; its successor leaves the history.
+        """Make the previous champion the champion again; its successor leaves the history and its
+        work is withdrawn (not trained and promoted again unless a run is forced).
 
-        With `repair` and an unreadable champion.json, the newest version that passed its gate and
-        whose files match their manifest becomes champion.
+        With `repair` and a missing or unreadable champion.json, the rollback starts from the
+        history's newest entry; with no history either (a store from before it), the newest
+        version that passed its gate, was not withdrawn and verifies becomes champion.
         """
         try:
             current, etag = self.read_champion()
         except RegistryCorrupt:
             if not repair:
                 raise
-            target = self.last_good_version()
-            return self._write_champion(
-                target,
-                run_id,
-                f"repair: champion.json was unreadable; {reason}",
-                [],
-                self._etag_of(self.champion_key),
-            )
+            current, etag = self.newest_logged_champion(), self._etag_of(self.champion_key)
+            if current is None:
+                target = self.last_good_version()
+                self.check_promotable(target)
+                return self._write_champion(
+                    target,
+                    run_id,
+                    f"repair: champion.json was unreadable and no history recorded; {reason}",
+                    [],
+                    etag,
+                    None,
+                    "rollback",
+                )
         if current is None or not current.previous:
             raise BadInput(f"'{self.model_name}' has no previous champion to roll back to")
         target_entry, *older = current.previous
+        self.check_promotable(target_entry.version)
+        self.withdraw(current.version, f"rolled back by {run_id}: {reason}")
         return self._write_champion(
             target_entry.version,
             run_id,
             f"rollback from {current.version}: {reason}",
             older,
             etag,
+            current,
+            "rollback",
         )
 
+    def restore_champion(self) -> Champion:
+        """Rewrite a missing or unreadable champion.json as the history's newest entry."""
+        try:
+            current, _ = self.read_champion()
+        except RegistryCorrupt:
+            pass
+        else:
+            named = f"champion {current.version}" if current else "no champion yet"
+            raise BadInput(
+                f"champion.json of '{self.model_name}' is sound ({named}): nothing to do"
+            )
+        logged = self.newest_logged_champion()
+        if logged is None:
+            raise BadInput(
+                f"'{self.model_name}' has no champion history to restore from: choose the champion "
+                "with `retrainer promote VERSION --repair --reason ...` or `retrainer rollback "
+                "--repair --reason ...`"
+            )
+        self.check_promotable(logged.version)
+        self.store.put_if(
+            self.champion_key, champion_body(logged), self._etag_of(self.champion_key)
+        )
+        written, _ = self.read_champion()
+        if written != logged:
+            raise PromotionConflict(f"champion.json of '{self.model_name}' changed meanwhile")
+        self.make_store_match_champion(logged)
+        return logged
+
+    def check_promotable(self, version: str) -> None:
+        """Refuse a version whose files are not all there as its manifest lists them, or that
+        has no SavedModel (TF Serving would go on serving the champion it replaces)."""
+        try:
+            manifest = self.manifest(version)
+        except ObjectNotFound:
+            raise BadInput(
+                f"version {version} of '{self.model_name}' is not fully published"
+            ) from None
+        prefix = self.version_prefix(version)
+        present = {info.key[len(prefix) :]: info.size for info in self.store.list(prefix)}
+        damaged = sorted(
+            name for name, entry in manifest.files.items() if present.get(name) != entry.size
+        )
+        if damaged:
+            raise BadInput(
+                f"version {version} of '{self.model_name}' is missing or has damaged files "
+                f"({', '.join(damaged[:3])}{', ...' if len(damaged) > 3 else ''}): not promoted; "
+                "run `retrainer verify --all`"
+            )
+        if manifest.serving is None:
+            raise BadInput(
+                f"version {version} of '{self.model_name}' was published before versions carried "
+                "a SavedModel: TensorFlow Serving could not serve it, so it cannot be champion; "
+                "choose a newer version"
+            )
+
+    def withdraw(self, version: str, reason: str) -> None:
+        """Record that a person took `version` out of production: its work is not redone."""
+        manifest = self.manifest(version)
+        self.write_work_record(
+            WorkRecord(
+                work_key=manifest.work_key,
+                version=version,
+                status="withdrawn",
+                reason=reason,
+                finished_at=datetime.now(UTC),
+            )
+        )
+
+    def withdrawn_versions(self) -> set[str]:
+        return {
+            record.version
+            for info in self.store.list(f"{self.root}/works/")
+            if (record := self._read_work_record_at(info.key)) and record.status == "withdrawn"
+        }
+
     def last_good_version(self) -> str:
-        """The newest version whose gate passed and whose files all match its manifest."""
+        """The newest version whose gate passed, that no one withdrew and whose files all match
+        its manifest."""
+        withdrawn = self.withdrawn_versions()
         for summary in reversed(self.list_versions()):
-            if summary.passed and not self.verify_version(summary.version):
+            if (
+                summary.passed
+                and summary.version not in withdrawn
+                and not self.verify_version(summary.version)
+            ):
                 return summary.version
-        raise BadInput(f"'{self.model_name}' has no version that passed its gate and verifies")
+        raise BadInput(
+            f"'{self.model_name}' has no version that passed its gate, was not withdrawn "
+            "and verifies"
+        )
 
     def _etag_of(self, key: str) -> str | None:
         info = self.store.head(key)
@@ -209,6 +394,12 @@ class ModelRegistry:
             f"version {version} stays published but unpromoted"
         )
 
+    def _next_generation(self, replacing: Champion | None) -> int:
+        """Above the champion it replaces and above every served folder (a store that lost its
+        champion.json, or served folders numbered by time before the counter existed)."""
+        served = self._served_folders()
+        return max([replacing.serving_number if replacing else 0, *served]) + 1
+
     def _write_champion(
         self,
         version: str,
@@ -216,6 +407,8 @@ class ModelRegistry:
         reason: str,
         previous: list[ChampionEntry],
         expected_etag: str | None,
+        replacing: Champion | None,
+        action: ChampionAction,
     ) -> Champion:
         """Compare-and-swap, then read back: the outcome is what champion.json finally holds.
 
@@ -228,10 +421,11 @@ class ModelRegistry:
             promoted_at=datetime.now(UTC),
             run_id=run_id,
             reason=reason,
+            generation=self._next_generation(replacing),
+            action=action,
             previous=previous,
         )
-        body = champion.model_dump_json(indent=2).encode()
-        self.store.put_if(self.champion_key, body, expected_etag)
+        self.store.put_if(self.champion_key, champion_body(champion), expected_etag)
         written, _ = self.read_champion()
         if written is None or (written.version, written.run_id) != (version, run_id):
             raise self._conflict(version)
@@ -240,8 +434,20 @@ class ModelRegistry:
                 f"champion.json of '{self.model_name}' names {version} but not the champion it "
                 "replaced; run `retrainer verify`"
             )
-        self.lay_out_for_serving(written)
+        self.make_store_match_champion(written)
         return written
+
+    def make_store_match_champion(self, champion: Champion) -> list[str]:
+        """Finish a change of champion: its history entry, and its SavedModel in the highest
+        serving folder. Idempotent and cheap when all is in place (a HEAD and a LIST); every run
+        calls it, so a change cut short by a kill is finished by the next run. Says what it did.
+        """
+        done = []
+        key = self.history_key(champion.serving_number)
+        if not self.store.exists(key):
+            self.store.put_if(key, champion_body(champion), None)
+            done.append(f"recorded champion change {champion.serving_number} in the history")
+        return done + self._lay_out_for_serving(champion)
 
     @property
     def serving_prefix(self) -> str:
@@ -249,35 +455,82 @@ class ModelRegistry:
         return f"serving/{self.model_name}"
 
     def serving_location(self, champion: Champion) -> str:
-        """`serving/<model>/<n>/`, n the promotion time in microseconds since 1970: it grows with
-        every promotion and rollback, and TF Serving serves the highest."""
-        microseconds = round(champion.promoted_at.timestamp() * 1_000_000)
-        return f"{self.serving_prefix}/{microseconds}"
+        """`serving/<model>/<n>/`, n the champion's generation: TF Serving serves the highest."""
+        return f"{self.serving_prefix}/{champion.serving_number}"
 
-    def lay_out_for_serving(self, champion: Champion) -> None:
-        """Copy the champion's SavedModel where TensorFlow Serving looks (none for versions
-        from before the export).
+    def _served_folders(self) -> dict[int, dict[str, int]]:
+        """Every numbered folder under the serving prefix: its files and their sizes."""
+        prefix = f"{self.serving_prefix}/"
+        served: dict[int, dict[str, int]] = defaultdict(dict)
+        for info in self.store.list(prefix):
+            number, _, name = info.key[len(prefix) :].partition("/")
+            if number.isdigit():
+                served[int(number)][name] = info.size
+        return served
 
-        Every file is checked against the manifest, and `saved_model.pb` goes last: TF Serving
-        takes a folder without it for unfinished.
+    def _serving_files(self, manifest: Manifest) -> dict[str, str]:
+        """The SavedModel's files: name in the serving folder -> name in the version."""
+        assert manifest.serving is not None
+        source = f"{manifest.serving.directory}/"
+        return {name[len(source) :]: name for name in manifest.files if name.startswith(source)}
+
+    def _lay_out_for_serving(self, champion: Champion) -> list[str]:
+        """Copy the champion's SavedModel where TensorFlow Serving looks, unless it is there, and
+        take down any folder numbered above it (TF Serving would serve that one).
+
+        Every file is checked against the manifest, and `saved_model.pb` goes last (and is
+        deleted first): TF Serving takes a folder without it for unfinished.
         """
         manifest = self.manifest(champion.version)
         if manifest.serving is None:
-            return
-        source = f"{manifest.serving.directory}/"
-        names = sorted(
-            (name for name in manifest.files if name.startswith(source)),
-            key=lambda name: (name.endswith("/saved_model.pb"), name),
-        )
+            return []  # published before the export; such versions are no longer promoted
+        files = self._serving_files(manifest)
+        served = self._served_folders()
         target = self.serving_location(champion)
-        for name in names:
-            data = self.store.get(self.file_key(champion.version, name))
-            if hashlib.sha256(data).hexdigest() != manifest.files[name].sha256:
-                raise ModelIntegrityError(
-                    f"{self.store.describe(self.file_key(champion.version, name))} does not "
-                    "match its manifest: not laid out for serving; run `retrainer verify`"
-                )
-            self.store.put(f"{target}/{name[len(source) :]}", data)
+        done = []
+        expected = {name: manifest.files[source].size for name, source in files.items()}
+        if served.get(champion.serving_number) != expected:
+            for name in sorted(files, key=lambda name: (name == "saved_model.pb", name)):
+                key = self.file_key(champion.version, files[name])
+                data = self.store.get(key)
+                if hashlib.sha256(data).hexdigest() != manifest.files[files[name]].sha256:
+                    raise ModelIntegrityError(
+                        f"{self.store.describe(key)} does not match its manifest: not laid out "
+                        "for serving; run `retrainer verify`"
+                    )
+                self.store.put(f"{target}/{name}", data)
+            done.append(f"laid out version {champion.version} for serving at {target}")
+        above = sorted(number for number in served if number > champion.serving_number)
+        if above and self.read_champion()[0] == champion:  # not a promotion that just happened
+            for number in above:
+                names = sorted(served[number], key=lambda name: name != "saved_model.pb")
+                for name in names:
+                    self.store.delete(f"{self.serving_prefix}/{number}/{name}")
+            done.append(f"took down served folders above the champion's: {above}")
+        return done
+
+    def serving_problems(self, champion: Champion) -> list[str]:
+        """One line per way the served folders differ from the champion's SavedModel."""
+        manifest = self.manifest(champion.version)
+        served = self._served_folders()
+        where = self.store.describe(self.serving_prefix)
+        if manifest.serving is None:
+            return [f"champion {champion.version} has no SavedModel: {where} does not serve it"]
+        problems = []
+        if served and max(served) != champion.serving_number:
+            problems.append(
+                f"{where}/{max(served)} is served, not the champion's {champion.serving_number}"
+            )
+        for name, source in sorted(self._serving_files(manifest).items()):
+            key = f"{self.serving_location(champion)}/{name}"
+            try:
+                data = self.store.get(key)
+            except ObjectNotFound:
+                problems.append(f"{self.store.describe(key)}: missing")
+                continue
+            if hashlib.sha256(data).hexdigest() != manifest.files[source].sha256:
+                problems.append(f"{self.store.describe(key)}: differs from the champion's file")
+        return problems
 
     def read_json(self, version: str, filename: str) -> dict[str, object]:
         data = json.loads(self.store.get(self.file_key(version, filename)))
@@ -364,8 +617,11 @@ class ModelRegistry:
         return destination
 
     def read_work_record(self, work_key: str) -> WorkRecord | None:
+        return self._read_work_record_at(self.work_record_key(work_key))
+
+    def _read_work_record_at(self, key: str) -> WorkRecord | None:
         try:
-            return WorkRecord.model_validate_json(self.store.get(self.work_record_key(work_key)))
+            return WorkRecord.model_validate_json(self.store.get(key))
         except ObjectNotFound:
             return None
         except ValidationError:

@@ -18,9 +18,16 @@ from tasks.retries import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
 )
 def read_champion(settings: Settings) -> ChampionRecord | None:
+    """The champion, once the store matches it (history entry, serving folder): a change of
+    champion cut short by a kill is finished here, by whichever run comes next."""
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
-    champion = registry.read_champion_record()
     log = get_run_logger()
+    current, etag = registry.read_champion()
+    champion = None
+    if current is not None and etag is not None:
+        for repaired in registry.make_store_match_champion(current):
+            log.warning("Finished an interrupted change of champion: %s", repaired)
+        champion = registry.champion_record(current, etag)
     if champion is None:
         log.info(
             "'%s' has no champion yet: the first model is judged by the thresholds",

@@ -20,6 +20,7 @@ from sklearn.datasets import load_digits
 from retrainer.demo import digit_png
 from retrainer.records import FileEntry, Manifest, ServingSignature
 from retrainer.registry import ModelRegistry
+from retrainer.serving import SERVING_SIGNATURE
 from retrainer.storage import LocalStore
 from tests.flaky_proxy import Fault, FlakyProxy
 
@@ -151,9 +152,15 @@ def publish_stub_version(
     files: dict[str, bytes],
     class_names: list[str],
     work_key: str | None = None,
-    serving: ServingSignature | None = None,
+    serving: ServingSignature | None = SERVING_SIGNATURE,
 ) -> None:
-    """A fully published version as the registry reads it: its files, then a valid manifest."""
+    """A fully published version as the registry reads it: its files, then a valid manifest.
+
+    With a serving signature (the default, as every version publishes now) and no SavedModel
+    among `files`, a stand-in `saved_model.pb` is added, so the version can be laid out for serving.
+    """
+    if serving is not None and not any(name.startswith(f"{serving.directory}/") for name in files):
+        files = {**files, f"{serving.directory}/saved_model.pb": f"graph of {version}".encode()}
     for name, data in files.items():
         registry.store.put(registry.file_key(version, name), data)
     now = datetime.now(UTC)

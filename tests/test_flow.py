@@ -210,6 +210,43 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert len(ModelRegistry(store, "digits").list_versions()) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("fast_training")
+def test_a_rolled_back_work_is_not_retrained_and_promoted_again_unless_forced(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator's rollback sticks over the following nights; new data or --force trains."""
+    for name in ("ACCURACY__THRESHOLD", "ACCURACY__MAX_REGRESSION", "MACRO_F1__MAX_REGRESSION"):
+        monkeypatch.setenv(f"RETRAINER_GATE__{name}", "0" if "THRESHOLD" in name else "1")
+    monkeypatch.setenv("RETRAINER_GATE__MAX_CLASS_RECALL_DROP", "1")
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    data_folder = tmp_path / "images"
+    monkeypatch.setenv("RETRAINER_DATA_URL", data_folder.as_uri())
+    one_night = RetrainParameters(epochs=1)
+    write_files(data_folder, {key: data for key, data in DATA.items() if key[2:] < "030"})
+    first = retrain(one_night)
+    write_files(data_folder, DATA)
+    second = retrain(one_night)
+    assert first.promoted and second.promoted
+
+    assert main(["rollback", "--reason", "misclassifies class 2"]) == 0
+    assert "withdrawn" in capsys.readouterr().out
+
+    night = retrain(one_night)
+    assert night.status == "skipped"
+    assert f"made version {second.version}" in night.message
+    assert "misclassifies class 2" in night.message
+    assert night.champion_version == first.version
+
+    caplog.clear()
+    forced = retrain(one_night.model_copy(update={"force": True}))
+    assert forced.status != "skipped" and forced.version not in (first.version, second.version)
+    assert "Forced: training anyway" in caplog.text
+
+
 def assert_secret_appears_nowhere(
     secret: str, store: ObjectStore, versions: list[str | None]
 ) -> None:

@@ -38,6 +38,9 @@ def registry(tmp_path: Path) -> ModelRegistry:
     for champion in (f"{OLD}-a", f"{OLD}-c"):  # a stays in the champion's history
         registry.promote(champion, "run", "passed", registry.read_champion()[1])
     registry.store.put(registry.file_key(f"{OLD}-z", "model.keras"), b"half a publication")
+    age(registry.store.root / registry.version_prefix(f"{OLD}-z"), days=2)
+    # Still uploading, maybe by a run whose lease lapsed in an outage: too young to be collected.
+    registry.store.put(registry.file_key(f"{RECENT}-y", "model.keras"), b"being uploaded")
     registry.write_work_record(
         WorkRecord(
             work_key="f" * 64, version=f"{OLD}-b", status="rejected", reason="r", finished_at=NOW
@@ -51,7 +54,7 @@ def registry(tmp_path: Path) -> ModelRegistry:
     return registry
 
 
-def test_gc_keeps_the_champion_its_history_and_the_newest_unpromoted(
+def test_gc_keeps_the_champion_its_history_the_newest_unpromoted_and_young_uploads(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
     cache = LocalCache(tmp_path / "cache")
@@ -72,6 +75,7 @@ def test_gc_keeps_the_champion_its_history_and_the_newest_unpromoted(
     assert removed == planned
     assert registry.published_versions() == [f"{OLD}-a", f"{OLD}-c", f"{OLD}-e", f"{RECENT}-f"]
     assert not list(registry.store.list(registry.version_prefix(f"{OLD}-z")))
+    assert registry.store.exists(registry.file_key(f"{RECENT}-y", "model.keras"))
     assert sorted(info.key.split("/")[2] for info in registry.store.list("checkpoints/")) == [
         "b" * 32
     ]

@@ -168,29 +168,153 @@ def test_the_champion_record_carries_classes_work_key_and_model_hash(store: Obje
     assert record.etag == registry.read_champion()[1]
 
 
-def test_a_corrupt_champion_pointer_stops_reads_and_is_repaired_by_compare_and_swap(
+def publish_passed(registry: ModelRegistry, *versions: str) -> None:
+    """Versions whose gate passed, each of its own work."""
+    for version in versions:
+        publish_stub_version(registry, version, {"model.keras": version.encode()}, ["a", "b"])
+        registry.store.put(registry.file_key(version, "decision.json"), b'{"passed": true}')
+
+
+def promote_in_turn(registry: ModelRegistry, *versions: str) -> None:
+    for version in versions:
+        registry.promote(version, f"run-{version}", "passed", registry.read_champion()[1])
+
+
+def test_a_torn_champion_pointer_stops_reads_and_a_repair_continues_its_history(
     store: ObjectStore,
 ) -> None:
     registry = ModelRegistry(store, "m")
-    for version in ("v1", "v2"):
-        publish_stub_version(registry, version, {"model.keras": version.encode()}, ["a", "b"])
-        store.put(registry.file_key(version, "decision.json"), b'{"passed": true}')
-    registry.promote("v1", "run-1", "passed", None)
+    publish_passed(registry, "v1", "v2")
+    promote_in_turn(registry, "v1")
     store.put(registry.champion_key, b'{"version": "v1", "trunc')
 
-    with pytest.raises(RegistryCorrupt, match=r"champion.json is unreadable.*--repair"):
+    with pytest.raises(RegistryCorrupt, match=r"champion.json is unreadable.*retrainer repair"):
         registry.read_champion_record()
     with pytest.raises(RegistryCorrupt):
         registry.promote("v2", "manual", "fix", None)
 
     champion = registry.promote("v2", "manual", "fix", None, repair=True)
-    assert champion.version == "v2" and champion.previous == []
+    assert champion.version == "v2"
+    assert [entry.version for entry in champion.previous] == ["v1"]  # history kept, from the log
     assert registry.read_champion_record() is not None
 
+
+def test_rollback_repair_of_a_torn_pointer_never_promotes_what_was_rolled_back(
+    store: ObjectStore,
+) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2", "v3")
+    promote_in_turn(registry, "v1", "v2", "v3")
+    registry.rollback("operator", "v3 misclassifies class b")
     store.put(registry.champion_key, b"garbage")
-    repaired = registry.rollback("manual", "bad pointer", repair=True)
-    assert repaired.version == "v2"  # the newest version that passed and verifies
+
+    repaired = registry.rollback("operator", "v2 too", repair=True)
+
+    assert repaired.version == "v1"  # from v2, the champion the history names; never v3
+    assert repaired.previous == []
+    assert registry.withdrawn_versions() == {"v2", "v3"}
+
+
+def test_rollback_repair_without_a_history_picks_the_newest_passed_version_not_withdrawn(
+    store: ObjectStore,
+) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2", "v3")
+    promote_in_turn(registry, "v1", "v2", "v3")
+    registry.rollback("operator", "v3 misbehaves")
+    for info in list(store.list(registry.history_prefix)):  # a store from before the history
+        store.delete(info.key)
+    store.put(registry.champion_key, b"garbage")
+
+    repaired = registry.rollback("operator", "pointer lost", repair=True)
+
+    assert repaired.version == "v2"
     assert "repair" in repaired.reason
+
+
+def test_a_missing_champion_pointer_after_promotions_is_a_registry_problem_not_a_first_model(
+    store: ObjectStore,
+) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2")
+    promote_in_turn(registry, "v1", "v2")
+    before = store.get(registry.champion_key)
+    store.delete(registry.champion_key)  # by hand, or a lifecycle rule
+
+    with pytest.raises(RegistryCorrupt, match=r"champion.json is missing.*version v2.*repair"):
+        registry.read_champion_record()
+
+    restored = registry.restore_champion()
+    assert restored.version == "v2" and store.get(registry.champion_key) == before
+    with pytest.raises(ValueError, match="nothing to do"):
+        registry.restore_champion()
+
+
+def test_every_change_of_champion_is_appended_to_the_history(store: ObjectStore) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2", "v3")
+    promote_in_turn(registry, "v1", "v2")
+    registry.promote(
+        "v3", "operator", "override: hotfix", registry.read_champion()[1], override=True
+    )
+    registry.rollback("operator", "hotfix broke b")
+
+    history = registry.read_history()
+
+    assert [(entry.version, entry.action) for entry in history] == [
+        ("v1", "promotion"),
+        ("v2", "promotion"),
+        ("v3", "override"),
+        ("v2", "rollback"),
+    ]
+    assert [entry.generation for entry in history] == [1, 2, 3, 4]
+    assert history[-1] == registry.read_champion()[0]
+
+
+def test_rolled_back_and_demoted_work_is_withdrawn_with_the_operators_reason(
+    store: ObjectStore,
+) -> None:
+    from retrainer.freshness import skip_if_unchanged
+    from retrainer.records import Work
+    from retrainer.settings import TrainingConfig
+
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2", "v3")
+    promote_in_turn(registry, "v1", "v2")
+    registry.rollback("manual by ana", "misclassifies class 7")
+    registry.promote(
+        "v3", "manual by bo", "override: approved", registry.read_champion()[1], override=True
+    )
+
+    def night(work_key: str) -> str | None:
+        work = Work(key=work_key, data_fingerprint="f", config=TrainingConfig(), code_version="c")
+        skipped = skip_if_unchanged(registry, registry.read_champion_record(), work)
+        return skipped.message if skipped else None
+
+    rolled_back = night("work-of-v2")
+    assert rolled_back is not None and "version v2" in rolled_back
+    assert "rolled back by manual by ana: misclassifies class 7" in rolled_back
+    assert "--force" in rolled_back
+    demoted = night("work-of-v1")
+    assert demoted is not None and "demoted by manual by bo for v3" in demoted
+    assert night("new data") is None  # new work trains and is judged as usual
+
+
+def test_a_version_with_missing_files_or_no_saved_model_is_never_promoted(
+    store: ObjectStore,
+) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2")
+    publish_stub_version(registry, "old", {"model.keras": b"k"}, ["a", "b"], serving=None)
+    promote_in_turn(registry, "v1")
+    store.delete(registry.file_key("v2", "model.keras"))  # e.g. collected while it was published
+    champion_before = store.get(registry.champion_key)
+
+    with pytest.raises(ValueError, match=r"v2 .* missing or has damaged files \(model.keras\)"):
+        registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
+    with pytest.raises(ValueError, match="before versions carried a SavedModel"):
+        registry.promote("old", "operator", "override", registry.read_champion()[1])
+    assert store.get(registry.champion_key) == champion_before
 
 
 def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:

@@ -6,15 +6,18 @@ import io
 import json
 import subprocess
 import sys
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
 from retrainer.cache import LocalCache
+from retrainer.cli import main
 from retrainer.dataset import parse_records, read_split
 from retrainer.gc import collect_garbage
 from retrainer.local import batches_here
@@ -108,11 +111,8 @@ def test_the_saved_model_serves_raw_jpeg_and_png_bytes_as_training_saw_them(
         assert name in signature
 
 
-def test_every_promotion_and_rollback_lays_the_champion_out_for_tensorflow_serving(
-    tmp_path: Path,
-) -> None:
-    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
-    for version in ("v1", "v2"):
+def publish_servable(registry: ModelRegistry, *versions: str) -> None:
+    for version in versions:
         files = {
             "model.keras": b"k",
             "saved_model/saved_model.pb": f"graph of {version}".encode(),
@@ -120,20 +120,102 @@ def test_every_promotion_and_rollback_lays_the_champion_out_for_tensorflow_servi
         }
         publish_stub_version(registry, version, files, ["a", "b"], serving=SERVING_SIGNATURE)
 
+
+def served_numbers(registry: ModelRegistry) -> list[int]:
+    prefix = f"{registry.serving_prefix}/"
+    return sorted({int(i.key[len(prefix) :].split("/")[0]) for i in registry.store.list(prefix)})
+
+
+def test_every_promotion_and_rollback_lays_the_champion_out_for_tensorflow_serving(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
+    publish_servable(registry, "v1", "v2")
+
     first = registry.promote("v1", "run-1", "passed", None)
     second = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
     rolled_back = registry.rollback("run-3", "v2 misbehaves")
 
     served = [registry.serving_location(c) for c in (first, second, rolled_back)]
-    numbers = [int(location.rsplit("/", 1)[1]) for location in served]
-    assert numbers == sorted(set(numbers))  # TF Serving serves the highest: the rolled-back v1
+    assert served_numbers(registry) == [
+        1,
+        2,
+        3,
+    ]  # TF Serving serves the highest: the rolled-back v1
     newest = served[-1]
     assert registry.store.get(f"{newest}/saved_model.pb") == b"graph of v1"
     assert registry.store.get(f"{newest}/variables/variables.index") == b"index of v1"
     assert registry.store.get(f"{served[1]}/saved_model.pb") == b"graph of v2"
+    assert registry.serving_problems(rolled_back) == []
 
     removed = collect_garbage(registry, LocalCache(tmp_path / "cache"), 10, timedelta(0), False)
     assert [line for line in removed if "served" in line] == [
         f"store: {location}/ (served before the current champion)" for location in served[:2]
     ]
     assert registry.store.get(f"{newest}/saved_model.pb") == b"graph of v1"
+
+
+def test_a_promotion_from_a_worker_whose_clock_is_behind_is_still_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
+    publish_servable(registry, "v1", "v2")
+    registry.promote("v1", "run-1", "passed", None)
+
+    class BehindClock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> BehindClock:
+            return cls.fromtimestamp(time.time() - 600, tz)
+
+    monkeypatch.setattr("retrainer.registry.datetime", BehindClock)
+    champion = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
+
+    assert max(served_numbers(registry)) == champion.serving_number
+    assert registry.store.get(f"{registry.serving_location(champion)}/saved_model.pb") == (
+        b"graph of v2"
+    )
+
+
+def test_a_change_of_champion_cut_short_after_champion_json_is_finished_by_the_next_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
+    publish_servable(registry, "v1", "v2")
+    registry.promote("v1", "run-1", "passed", None)
+    champion = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
+    # What a kill just after champion.json was written leaves: no history entry, nothing served.
+    registry.store.delete(registry.history_key(champion.serving_number))
+    for info in list(registry.store.list(registry.serving_location(champion))):
+        registry.store.delete(info.key)
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    monkeypatch.setenv("RETRAINER_MODEL_NAME", "m")
+
+    assert main(["verify"]) == 1
+    assert "is served, not the champion's" in capsys.readouterr().out
+
+    done = registry.make_store_match_champion(champion)  # what every run does first
+
+    assert len(done) == 2
+    assert registry.read_history()[-1] == champion
+    assert main(["verify"]) == 0
+    assert registry.make_store_match_champion(champion) == []  # idempotent
+
+
+def test_the_first_change_after_clock_numbered_serving_folders_is_numbered_above_them(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
+    publish_servable(registry, "v1", "v2")
+    registry.promote("v1", "run-1", "passed", None)
+    # champion.json as versions before the counter wrote it: served under its time in microseconds.
+    old = json.loads(registry.store.get(registry.champion_key))
+    del old["generation"]
+    registry.store.put(registry.champion_key, json.dumps(old).encode())
+    legacy, _ = registry.read_champion()
+    assert legacy is not None and legacy.serving_number > 10**15
+    registry.make_store_match_champion(legacy)
+
+    champion = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
+
+    assert champion.serving_number == legacy.serving_number + 1
+    assert max(served_numbers(registry)) == champion.serving_number
