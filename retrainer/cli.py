@@ -6,6 +6,7 @@ import argparse
 import getpass
 import json
 import sys
+import traceback
 import typing
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from retrainer.settings import (
     DEMO_DATASET_KEY,
     RetrainParameters,
     Settings,
+    check_model_name,
     describe_validation_error,
     load_settings,
 )
@@ -163,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def open_registry(settings: Settings, arguments: argparse.Namespace) -> ModelRegistry:
+    """The registry of the model the command names (`--model-name`, else the setting), once
+    the model store answered: a bad name or an unusable store is one line, exit 2."""
+    name = arguments.model_name or settings.model_name
+    try:
+        check_model_name(name)
+    except ValueError as error:
+        raise SettingsError(f"--model-name: {error}") from None
+    check_location("RETRAINER_STORE_URL", settings.store_url)
+    return ModelRegistry(open_store(settings.store_url), name)
+
+
 def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     try:
         parameters = RetrainParameters(
@@ -184,9 +198,7 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = ModelRegistry(
-        open_store(settings.store_url), arguments.model_name or settings.model_name
-    )
+    registry = open_registry(settings, arguments)
     versions = registry.list_versions()
     if arguments.json:
         print(json.dumps([summary.model_dump(mode="json") for summary in versions], indent=2))
@@ -219,9 +231,7 @@ def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = ModelRegistry(
-        open_store(settings.store_url), arguments.model_name or settings.model_name
-    )
+    registry = open_registry(settings, arguments)
     etag = None if arguments.repair else registry.read_champion()[1]
     champion = registry.promote(
         arguments.version,
@@ -243,9 +253,7 @@ def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 def predict_command(settings: Settings, arguments: argparse.Namespace) -> int:
     """One line per image: its class and probability, as the exported model serves it."""
-    registry = ModelRegistry(
-        open_store(settings.store_url), arguments.model_name or settings.model_name
-    )
+    registry = open_registry(settings, arguments)
     version = arguments.model_version
     if version is None:
         champion, _ = registry.read_champion()
@@ -267,9 +275,7 @@ def predict_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = ModelRegistry(
-        open_store(settings.store_url), arguments.model_name or settings.model_name
-    )
+    registry = open_registry(settings, arguments)
     champion = registry.rollback(
         f"manual by {getpass.getuser()}", arguments.reason, repair=arguments.repair
     )
@@ -283,9 +289,7 @@ def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def repair_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = ModelRegistry(
-        open_store(settings.store_url), arguments.model_name or settings.model_name
-    )
+    registry = open_registry(settings, arguments)
     champion = registry.restore_champion()
     print(
         f"Restored champion.json of '{registry.model_name}' from its history: version "
@@ -296,9 +300,7 @@ def repair_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 def verify_command(settings: Settings, arguments: argparse.Namespace) -> int:
     """One line per problem; exit 0 when the champion (and with --all every version) is whole."""
-    registry = ModelRegistry(
-        open_store(settings.store_url), arguments.model_name or settings.model_name
-    )
+    registry = open_registry(settings, arguments)
     problems: list[str] = []
     try:
         champion, etag = registry.read_champion()
@@ -323,11 +325,9 @@ def verify_command(settings: Settings, arguments: argparse.Namespace) -> int:
 def gc_command(settings: Settings, arguments: argparse.Namespace) -> int:
     from retrainer.gc import collect_garbage
 
-    store = open_store(settings.store_url)
-    model_name = arguments.model_name or settings.model_name
-    registry = ModelRegistry(store, model_name)
+    registry = open_registry(settings, arguments)
     who = f"gc by {getpass.getuser()}"
-    with ModelLease(store, model_name, who, seconds=settings.lease_seconds):
+    with ModelLease(registry.store, registry.model_name, who, seconds=settings.lease_seconds):
         removed = collect_garbage(
             registry,
             settings.cache,
@@ -395,6 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (BadInput, PromotionConflict, LeaseHeld) as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
+        return 1
+    except Exception as error:  # an outage or a bug: the whole story, but never a credential
+        trace = "".join(traceback.format_exception(error))
+        print(redact(trace), file=sys.stderr, end="")
+        print(f"error: {redact(f'{type(error).__name__}: {error}')}", file=sys.stderr)
         return 1
 
 

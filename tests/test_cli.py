@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -12,8 +13,9 @@ import pytest
 from retrainer.cli import build_parser, main
 from retrainer.registry import ModelRegistry
 from retrainer.settings import RetrainParameters
-from retrainer.storage import LocalStore
+from retrainer.storage import LocalStore, S3Store
 from tests.conftest import digit_images, publish_stub_version, start_moto_server, write_files
+from tests.flaky_proxy import Fault, FlakyProxy, always_for
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -250,3 +252,61 @@ def test_fractions_that_leave_nothing_to_train_say_so(
         "error: RETRAINER_VALIDATION_FRACTION + RETRAINER_TEST_FRACTION must leave at least 10% "
         "of the images for training (got 0.99 + 0.2)"
     )
+
+
+STORE_COMMANDS = [
+    ["models"],
+    ["verify"],
+    ["gc", "--dry-run"],
+    ["promote", "v1", "--reason", "r"],
+    ["rollback", "--reason", "r"],
+    ["repair"],
+    ["predict", "image.png"],
+]
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda command: command[0])
+def test_every_store_command_refuses_a_bad_model_name_in_one_line(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path, command: list[str]
+) -> None:
+    code, _, err = run_cli(capsys, *command, "--model-name", "../x")
+    assert code == 2
+    assert_one_line_error(err, "--model-name")
+    assert "'../x' is not a model name" in err
+
+
+@pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda command: command[0])
+def test_every_store_command_redacts_an_endpoint_password_it_cannot_reach(
+    capsys: pytest.CaptureFixture[str],
+    s3_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:hunter2@127.0.0.1:9")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models/x")
+    code, _, err = run_cli(capsys, *command)
+    assert code == 2
+    assert_one_line_error(err, "RETRAINER_STORE_URL")
+    assert "hunter2" not in err and "http://***@127.0.0.1:9" in err
+
+
+def test_an_unexpected_store_failure_prints_its_story_without_the_password(
+    capsys: pytest.CaptureFixture[str],
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    flaky: Callable[[Fault], FlakyProxy],
+) -> None:
+    proxy = flaky(always_for("GET", "/champion.json", "drop"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url.replace("http://", "http://minio:hunter2@"))
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/models")
+    S3Store(bucket, "models").put("models/demo/champion.json", b"{}")
+
+    code, _, err = run_cli(capsys, "models")
+
+    assert code == 1
+    assert "Traceback" in err
+    assert "hunter2" not in err
+    assert "http://***@127.0.0.1" in err
+    assert err.strip().splitlines()[-1].startswith("error: ConnectionClosedError: ")
