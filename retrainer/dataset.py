@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, Field
 
 from retrainer.errors import DataError
-from retrainer.records import Batches, ValidatedData
+from retrainer.records import Batches, PreparationSpec, ValidatedData
 from retrainer.storage import write_atomically
 
 if TYPE_CHECKING:
@@ -142,6 +142,71 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(contents, channels=CHANNELS, expand_animations=False)
 
 
+def within_limits(contents: tf.Tensor, spec: PreparationSpec) -> tf.Tensor:
+    """The encoded bytes, once their length and the pixels their header declares are within the
+    limits every training image passed; InvalidArgumentError ("refused: ...") otherwise.
+
+    The serving signature's guard: a few hundred bytes can declare 20000x20000 pixels, which
+    the decoder would allocate (1.2 GB) before finding out the rest is missing.
+    """
+    import tensorflow as tf
+
+    length = tf.cast(tf.strings.length(contents), tf.int64)
+    too_long = tf.debugging.assert_less_equal(
+        length,
+        tf.constant(spec.max_image_bytes, tf.int64),
+        message=f"refused: more than {spec.max_image_bytes:,} bytes (RETRAINER_MAX_IMAGE_BYTES)",
+    )
+    width, height = declared_size(contents)
+    too_large = tf.debugging.assert_less_equal(
+        width * height,
+        tf.constant(spec.max_image_pixels, tf.int64),
+        message=f"refused: declares more than {spec.max_image_pixels:,} pixels "
+        "(RETRAINER_MAX_IMAGE_PIXELS)",
+    )
+    with tf.control_dependencies([too_long, too_large]):
+        return tf.identity(contents)
+
+
+def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Width and height (int64) as the header of a PNG, GIF, BMP or JPEG file declares them,
+    read without decoding a pixel; (0, 0) for anything else (the decoder refuses it)."""
+    import tensorflow as tf
+
+    header = tf.strings.join([tf.strings.substr(contents, 0, 32), tf.constant(b"\0" * 32)])
+
+    def number(offset: int, width: int, big_endian: bool) -> tf.Tensor:
+        raw = tf.io.decode_raw(tf.strings.substr(header, offset, width), tf.uint8)
+        digits = tf.cast(raw if big_endian else tf.reverse(raw, [0]), tf.int64)
+        return tf.reduce_sum(digits * (256 ** tf.range(width - 1, -1, -1, dtype=tf.int64)))
+
+    def signed32(value: tf.Tensor) -> tf.Tensor:  # BMP heights are negative for top-down rows
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    def jpeg() -> tuple[tf.Tensor, tf.Tensor]:
+        shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)
+        return shape[1], shape[0]
+
+    return tf.case(
+        [
+            (
+                tf.equal(tf.strings.substr(header, 0, 8), b"\x89PNG\r\n\x1a\n"),
+                lambda: (number(16, 4, True), number(20, 4, True)),
+            ),
+            (
+                tf.equal(tf.strings.substr(header, 0, 4), b"GIF8"),
+                lambda: (number(6, 2, False), number(8, 2, False)),
+            ),
+            (
+                tf.equal(tf.strings.substr(header, 0, 2), b"BM"),
+                lambda: (signed32(number(18, 4, False)), signed32(number(22, 4, False))),
+            ),
+            (tf.equal(tf.strings.substr(header, 0, 3), b"\xff\xd8\xff"), jpeg),
+        ],
+        default=lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+    )
+
+
 def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
     """A decoded image to `size` x `size` uint8 pixels (bilinear, rounded)."""
     import tensorflow as tf
@@ -157,6 +222,9 @@ def decode_failure(error: tf.errors.OpError) -> str:
     lines = [line.strip() for line in error.message.splitlines()]
     reason = next((line for line in lines if line and not line.startswith(noise)), lines[0])
     message = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:.*$", "", reason)
+    # A limit of `within_limits`: "assertion failed: [refused: ...] [Condition x <= y ...".
+    if refused := re.search(r"\[(refused: [^\]]*)\]", message):
+        return refused.group(1)
     return f"does not decode: {message}"
 
 

@@ -8,13 +8,15 @@ Removed from the store:
 - versions without a manifest untouched for a day: a publication that died half-way (readers
   never follow them; a younger one may be a run still uploading, whose lease this gc outlived);
 - partial writes: multipart uploads never completed, `.tmp-` files of the local store;
-- checkpoints of work that finished (it has a work record) or that nobody touched for
-  `older_than` (abandoned: its data or parameters changed before it could finish);
+- checkpoints of work that finished (written before its work record; a forced rerun's are newer)
+  or that nobody touched for `older_than` (abandoned: its data or parameters changed before it
+  could finish);
 - versions that were not promoted, older than `older_than`, beyond the newest `keep`;
 - served copies of former champions (`serving/<model>/<n>/` but the champion's own number),
   older than `older_than`;
 - prepared shards no prepared index names (compacted, or of data that changed), older than
-  `older_than` (younger ones may belong to a preparation still running).
+  `older_than` (younger ones may belong to a preparation still running), unless a run of any
+  model reads that prepared dataset now (see retrainer.preparation).
 
 Removed from the worker's disk (a cache: everything there can be fetched again): run folders,
 checkpoint copies, prepared shards and champion models (but the current champion's) untouched
@@ -25,6 +27,7 @@ It runs under the model's lease, so no run of the model is live while it deletes
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -38,7 +41,12 @@ from retrainer.records import PreparedIndex
 from retrainer.registry import ModelRegistry
 from retrainer.storage import ObjectInfo, ObjectNotFound
 
+logger = logging.getLogger(__name__)
+
 LOCAL_LEFTOVER_AGE = timedelta(days=1)
+# A run reads a prepared dataset from its plan to its shards on disk, within its timeout (12 h by
+# default); the mark of a killed run no longer protects the dataset's unused shards after this.
+READER_MARK_AGE = timedelta(days=1)
 # A version without a manifest younger than this may still be uploading (its run's lease can have
 # lapsed in an outage while it goes on): it is left alone, whatever `older_than` says.
 UNFINISHED_VERSION_AGE = timedelta(days=1)
@@ -111,9 +119,11 @@ def _collect_versions(
 
 
 def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
+    """Checkpoints of finished work (written before its work record: a forced rerun of the same
+    work writes newer ones, which it resumes from) or untouched since `cutoff`."""
     prefix = f"checkpoints/{registry.model_name}/"
-    works = {
-        info.key.rsplit("/", 1)[-1].removesuffix(".json")[:32]
+    finished = {
+        info.key.rsplit("/", 1)[-1].removesuffix(".json")[:32]: info.modified
         for info in registry.store.list(f"{registry.root}/works/")
     }
     objects: dict[str, list[ObjectInfo]] = defaultdict(list)
@@ -122,7 +132,7 @@ def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: boo
     removed = []
     for key, files in sorted(objects.items()):
         newest = max((info.modified for info in files if info.modified), default=cutoff)
-        if key in works:
+        if key in finished and newest <= (finished[key] or newest):
             removed.append(f"store: {prefix}{key}/ (checkpoints of finished work)")
         elif newest < cutoff:
             removed.append(f"store: {prefix}{key}/ (checkpoints of abandoned work)")
@@ -133,12 +143,14 @@ def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: boo
 
 
 def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
-    datasets: dict[str, list[ObjectInfo]] = defaultdict(list)
+    """Shards no index names, older than `cutoff`, of datasets no run reads now."""
+    datasets: dict[str, dict[str, list[ObjectInfo]]] = defaultdict(lambda: defaultdict(list))
     for info in registry.store.list("prepared/"):
-        if info.key.count("/") == 4:  # prepared/<data>/<spec>/shards/<sha256>.tfrecord
-            datasets[info.key.rsplit("/", 2)[0]].append(info)
+        # prepared/<data>/<spec>/{index.json, shards/<sha256>.tfrecord, readers/<run id>}
+        data, spec, kind = info.key.split("/")[1:4]
+        datasets[f"prepared/{data}/{spec}"][kind].append(info)
     removed = []
-    for dataset, shards in sorted(datasets.items()):
+    for dataset, objects in sorted(datasets.items()):
         try:
             index = PreparedIndex.model_validate_json(registry.store.get(f"{dataset}/{INDEX_KEY}"))
         except (ObjectNotFound, ValidationError):
@@ -146,13 +158,26 @@ def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) ->
         named = {shard_key(shard) for shard in index.shards}
         unused = [
             info
-            for info in shards
+            for info in objects["shards"]
             if info.key.removeprefix(f"{dataset}/") not in named
             and (info.modified or cutoff) < cutoff
         ]
+        if unused and (readers := _live_readers(registry, objects["readers"])):
+            logger.info("Kept the shards of %s: read now by %s", dataset, ", ".join(readers))
+            continue
         removed += [f"store: {info.key} (prepared shard no index names)" for info in unused]
         _delete_all(registry, unused, dry_run)
     return removed
+
+
+def _live_readers(registry: ModelRegistry, marks: list[ObjectInfo]) -> list[str]:
+    """The runs whose reader mark is younger than READER_MARK_AGE, by the store's own clock."""
+    live = []
+    for mark in marks:
+        info = registry.store.head(mark.key)  # its answer carries the store's time
+        if info and info.age is not None and info.age < READER_MARK_AGE:
+            live.append(mark.key.rsplit("/", 1)[-1])
+    return live
 
 
 def _collect_served(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:

@@ -5,6 +5,7 @@ prepared. Beside the models, under a prefix named by everything that shapes it:
 
     prepared/<hash of the data URL>/<spec key>/index.json          the PreparedIndex
     prepared/<hash of the data URL>/<spec key>/shards/<sha256>.tfrecord
+    prepared/<hash of the data URL>/<spec key>/readers/<run id>   a run that reads it now
 
 The index holds every source object's (key, ETag) verdict and the shard holding its decoded,
 resized uint8 pixels. An object whose key and ETag are in the index is never downloaded or decoded
@@ -12,7 +13,10 @@ again, by any worker; new or changed objects are prepared in chunks, each into o
 deleted ones leave the index; a shard whose records are mostly dead is compacted (its live records
 copied into a new shard). Shards are content-addressed (named by their sha256): writing one twice
 is harmless, and a download is checked against its name. Shards no index names are removed by
-`retrainer gc`.
+`retrainer gc`, but never while a run reads the dataset: several models on the same data share it,
+each run marks itself a reader from before it reads the index until its shards are on its disk,
+and gc leaves the shards of a dataset with a reader alone (an exclusive lease would make two
+models' nights wait for each other; a killed run's mark ages out after READER_MARK_AGE).
 
 TFRecord, because `tf.data` reads it natively, in parallel and streaming, with a CRC on every
 record: a shard damaged on a worker's disk fails loudly instead of training on garbage.
@@ -78,6 +82,19 @@ def prepared_url(store_url: str, source_url: str, spec: PreparationSpec) -> str:
 
 def shard_key(shard: str) -> str:
     return f"shards/{shard}.tfrecord"
+
+
+def reader_key(run_id: str) -> str:
+    return f"readers/{run_id}"
+
+
+def mark_reader(prepared_at: str, run_id: str) -> None:
+    """Say that this run reads the prepared dataset now: gc removes none of its shards."""
+    open_store(prepared_at).put(reader_key(run_id), b"")
+
+
+def unmark_reader(prepared_at: str, run_id: str) -> None:
+    open_store(prepared_at).delete(reader_key(run_id))
 
 
 def read_index(

@@ -34,14 +34,14 @@ def export_serving_model(
     import keras
     import tensorflow as tf
 
-    from retrainer.dataset import decode_image, resize_image
+    from retrainer.dataset import decode_image, resize_image, within_limits
 
     model = keras.models.load_model(model_path, compile=False)
     names = tf.constant(class_names)
     size = spec.image_size
 
     def prepare(contents: tf.Tensor) -> tf.Tensor:
-        return resize_image(decode_image(contents), size)
+        return resize_image(decode_image(within_limits(contents, spec)), size)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -15,8 +15,9 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
@@ -69,6 +70,16 @@ class ObjectInfo:
     etag: str
     modified: datetime | None = field(default=None, compare=False)
     refused: str = field(default="", compare=False)  # why it must not be copied, if it must not
+    # The store's own clock when it answered (a HEAD's Date): compared with `modified`, the
+    # object's age without trusting this machine's clock.
+    store_now: datetime | None = field(default=None, compare=False)
+
+    @property
+    def age(self) -> timedelta | None:
+        """How long ago the store wrote the object, by the store's clock alone (None: unknown)."""
+        if self.modified is None or self.store_now is None:
+            return None
+        return self.store_now - self.modified
 
 
 MAX_NAME_BYTES = 255  # the longest file name ext4, XFS, APFS and NTFS accept
@@ -265,7 +276,8 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         if not path.is_file():
             return None
-        return self._info(key, path)
+        # The folder's times and this clock are the same machine's (or its file server's).
+        return replace(self._info(key, path), store_now=datetime.now(UTC))
 
     def _info(self, key: str, path: Path) -> ObjectInfo:
         stat = path.stat()
@@ -408,11 +420,13 @@ class S3Store(ObjectStore):
             if self._missing(key, error):
                 return None
             raise
+        date = answer["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
         return ObjectInfo(
             key=key,
             size=int(answer["ContentLength"]),
             etag=str(answer["ETag"]).strip('"'),
             modified=answer.get("LastModified"),
+            store_now=http_date(date),
         )
 
     def _get_object(self, key: str) -> Any:
@@ -472,6 +486,64 @@ class S3Store(ObjectStore):
             return self.get(key) == data
         except ObjectNotFound:
             return False
+
+
+class GuardedStore(ObjectStore):
+    """Another store whose every write first calls `guard`, which raises to refuse it."""
+
+    def __init__(self, store: ObjectStore, guard: Callable[[], None]) -> None:
+        self.inner = store
+        self.guard = guard
+        self.url = store.url
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self.inner.head(key)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def download(self, key: str, destination: Path) -> None:
+        self.inner.download(key, destination)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.guard()
+        self.inner.put(key, data)
+
+    def upload(self, key: str, source: Path) -> None:
+        self.guard()
+        self.inner.upload(key, source)
+
+    def delete(self, key: str) -> None:
+        self.guard()
+        self.inner.delete(key)
+
+    def remove_partials(self, older_than: datetime, dry_run: bool) -> tuple[str, ...]:
+        self.guard()
+        return self.inner.remove_partials(older_than, dry_run)
+
+    def put_if(self, key: str, data: bytes, expected_etag: str | None) -> bool:
+        self.guard()
+        return self.inner.put_if(key, data, expected_etag)
+
+
+def http_date(header: str | None) -> datetime | None:
+    """The time in a `Date` header, in UTC; None when there is none or it cannot be read.
+
+    Only the first date counts: a proxy can add its own, which botocore joins with a comma.
+    """
+    if not header:
+        return None
+    try:
+        parsed = parsedate_to_datetime(header[: len("Mon, 30 Nov 2026 02:51:41 GMT")])
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def open_store(url: str) -> ObjectStore:

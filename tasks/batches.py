@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from retrainer.dataset import split_data
-from retrainer.preparation import fetch_shards
+from retrainer.preparation import fetch_shards, unmark_reader
 from retrainer.records import Batches, ValidatedData
 from retrainer.settings import Settings
 from tasks.retries import retry_unless_bad_input
@@ -27,6 +27,7 @@ def build_batches(data: ValidatedData, settings: Settings) -> Batches:
         get_run_logger(),
         progress_reporter("Downloading the prepared shards"),
     )
+    unmark_reader(data.prepared.prepared_url, current_run_id())  # its shards are on this disk
     batches = split_data(
         data,
         shards,

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from retrainer.records import ChampionRecord
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
-from retrainer.storage import open_store
+from tasks.lease import model_store
 from tasks.retries import retry_unless_bad_input
 
 
@@ -20,7 +20,7 @@ from tasks.retries import retry_unless_bad_input
 def read_champion(settings: Settings) -> ChampionRecord | None:
     """The champion, once the store matches it (history entry, serving folder): a change of
     champion cut short by a kill is finished here, by whichever run comes next."""
-    registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
+    registry = ModelRegistry(model_store(settings), settings.model_name)
     log = get_run_logger()
     current, etag = registry.read_champion()
     champion = None

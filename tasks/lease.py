@@ -1,4 +1,5 @@
-"""Hold the model's lease for the whole run, so no other run of this model can overlap it."""
+"""Hold the model's lease for the whole run, so no other run of this model can overlap it; the
+tasks write to the model store only through it."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from contextlib import contextmanager
 
 from prefect import get_run_logger
 
-from retrainer.lease import ModelLease
+from retrainer.lease import LeaseLost, ModelLease
 from retrainer.settings import Settings
-from retrainer.storage import open_store
+from retrainer.storage import ObjectStore, open_store
 from tasks.runtime import current_run_id
+
+# The lease the flow run in this process holds, by model: the tasks run in the flow's process.
+_held: dict[str, ModelLease] = {}
 
 
 @contextmanager
@@ -23,4 +27,16 @@ def model_lease(settings: Settings) -> Iterator[ModelLease]:
         log=get_run_logger(),
     )
     with lease:
-        yield lease
+        _held[settings.model_name] = lease
+        try:
+            yield lease
+        finally:
+            del _held[settings.model_name]
+
+
+def model_store(settings: Settings) -> ObjectStore:
+    """The model store, whose writes stop as soon as this run may have lost its lease."""
+    lease = _held.get(settings.model_name)
+    if lease is None:
+        raise LeaseLost(f"this process holds no lease of '{settings.model_name}': nothing written")
+    return lease.guard(open_store(settings.store_url))

@@ -6,7 +6,12 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from retrainer.preparation import plan_preparation, prepare_chunk, record_preparation
+from retrainer.preparation import (
+    mark_reader,
+    plan_preparation,
+    prepare_chunk,
+    record_preparation,
+)
 from retrainer.records import (
     DataSnapshot,
     PreparationChunk,
@@ -16,12 +21,14 @@ from retrainer.records import (
     PreparedIndex,
 )
 from tasks.retries import retry_unless_bad_input
+from tasks.runtime import current_run_id
 
 
 @task(name="plan preparation", retries=2, retry_delay_seconds=10)
 def plan(
     snapshot: DataSnapshot, prepared_at: str, spec: PreparationSpec, keep_in: Path | None
 ) -> tuple[PreparedIndex, list[PreparationChunk]]:
+    mark_reader(prepared_at, current_run_id())  # before the index is read: gc keeps its shards
     return plan_preparation(snapshot, prepared_at, spec, keep_in, get_run_logger())
 
 

@@ -22,7 +22,7 @@ from retrainer.records import (
 from retrainer.registry import ModelRegistry
 from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
-from retrainer.storage import open_store
+from tasks.lease import model_store
 from tasks.retries import retry_unless_bad_input
 from tasks.runtime import current_run_id
 
@@ -41,7 +41,7 @@ def publish(
     decision: GateDecision,
     settings: Settings,
 ) -> Publication:
-    registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
+    registry = ModelRegistry(model_store(settings), settings.model_name)
     published = publish_version(
         registry,
         batches,

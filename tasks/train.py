@@ -8,8 +8,8 @@ from retrainer.checkpoints import checkpoint_mirror
 from retrainer.records import Batches, ChampionRecord, TrainedModel, Work
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
-from retrainer.storage import open_store
 from retrainer.tensorflow_runtime import start_tensorflow
+from tasks.lease import model_store
 from tasks.retries import retry_unless_bad_input
 from tasks.runtime import current_run_id, progress_reporter
 
@@ -29,7 +29,7 @@ def train(
     from retrainer.training import train_model
 
     log = get_run_logger()
-    store = open_store(settings.store_url)
+    store = model_store(settings)
     mirror = checkpoint_mirror(store, settings.cache_dir, settings.model_name, work.key)
     output_dir = settings.cache.run_dir(current_run_id())
     registry = ModelRegistry(store, settings.model_name)

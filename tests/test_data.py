@@ -31,7 +31,9 @@ from retrainer.preparation import (
     INDEX_KEY,
     ShardCorrupt,
     fetch_shards,
+    mark_reader,
     shard_key,
+    unmark_reader,
 )
 from retrainer.records import Batches, DataSnapshot, PreparationSpec, PreparedData, ValidatedData
 from retrainer.registry import ModelRegistry
@@ -148,7 +150,7 @@ def test_an_object_that_vanishes_between_listing_and_preparation_is_refused_not_
     assert len(prepared.read_index().objects) == 5
 
 
-def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names(
+def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names_nor_run_reads(
     tmp_path: Path,
 ) -> None:
     folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=40))
@@ -174,6 +176,11 @@ def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names(
     assert images == 32
 
     registry = ModelRegistry(LocalStore(tmp_path / "registry"), "m")
+    # Another model on the same data is between reading an older index and fetching its shards.
+    mark_reader(compacted.prepared_url, "model-b-night")
+    kept = collect_garbage(registry, LocalCache(tmp_path / "c"), 5, timedelta(0), False)
+    assert not [line for line in kept if "prepared shard" in line]
+    unmark_reader(compacted.prepared_url, "model-b-night")
     removed = collect_garbage(registry, LocalCache(tmp_path / "c"), 5, timedelta(0), False)
     prefix = compacted.prepared_url.removeprefix(str(tmp_path / "registry") + "/")
     assert f"store: {prefix}/{shard_key(old_shard)} (prepared shard no index names)" in removed

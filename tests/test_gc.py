@@ -51,6 +51,8 @@ def registry(tmp_path: Path) -> ModelRegistry:
     registry.store.put(f"checkpoints/m/{'b' * 32}/latest.json", b"{}")  # live or recent
     assert isinstance(registry.store, LocalStore)
     age(registry.store.root / "checkpoints/m" / ("a" * 32), days=40)
+    age(registry.store.root / "checkpoints/m" / ("f" * 32), days=5)  # before the work finished
+    age(registry.store.root / registry.work_record_key("f" * 64), days=3)
     return registry
 
 
@@ -135,3 +137,14 @@ def test_verify_names_each_problem_and_exits_1(
     assert main(["promote", f"{OLD}-e", "--reason", "x"]) == 1
     assert main(["promote", f"{OLD}-e", "--reason", "pointer lost", "--repair"]) == 0
     assert main(["verify"]) == 0
+
+
+def test_checkpoints_of_a_forced_rerun_of_finished_work_are_kept_for_its_resume(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    # "f" * 64 finished 3 days ago; a forced rerun of it was killed after an epoch, just now.
+    registry.store.put(f"checkpoints/m/{'f' * 32}/epoch-1/model.weights.h5", b"weights")
+
+    collect_garbage(registry, LocalCache(tmp_path / "c"), 2, timedelta(days=30), False, now=NOW)
+
+    assert registry.store.exists(f"checkpoints/m/{'f' * 32}/epoch-1/model.weights.h5")

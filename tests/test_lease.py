@@ -5,14 +5,23 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
 import pytest
 
-from retrainer.lease import LeaseBody, LeaseHeld, ModelLease
+from retrainer.lease import (
+    LeaseBody,
+    LeaseHeld,
+    LeaseLost,
+    ModelLease,
+    process_namespace,
+)
 from retrainer.storage import LocalStore, ObjectStore, S3Store
+from tests.flaky_proxy import Fault, FlakyProxy
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -23,16 +32,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 
 def write_lease(store: ObjectStore, **fields: object) -> None:
-    now = datetime.now(UTC)
     values: dict[str, object] = {
         "run_id": "nightly-1",
         "host": "gpu-node-7",
         "pid": 4242,
-        "taken_at": now,
-        "expires_at": now + timedelta(minutes=5),
+        "taken_at": datetime.now(UTC),
         **fields,
     }
     store.put("leases/m.json", LeaseBody.model_validate(values).model_dump_json().encode())
+
+
+def dead_pid() -> int:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(finished.stdout)
 
 
 def test_a_second_run_is_refused_with_the_name_of_the_running_one(store: ObjectStore) -> None:
@@ -43,10 +60,27 @@ def test_a_second_run_is_refused_with_the_name_of_the_running_one(store: ObjectS
         pass
 
 
-def test_a_lease_that_was_not_renewed_expires(store: ObjectStore) -> None:
-    write_lease(store, expires_at=datetime.now(UTC) - timedelta(seconds=1))
+def test_a_lease_that_was_not_renewed_expires_by_the_stores_clock(store: ObjectStore) -> None:
+    write_lease(store, seconds=1)
+    with pytest.raises(LeaseHeld):
+        ModelLease(store, "m", "too-early", seconds=60).acquire()
+    time.sleep(4)  # the lease's second, and the resolution of the store's times
     with ModelLease(store, "m", "next-night", seconds=60):
         assert LeaseBody.model_validate_json(store.get("leases/m.json")).run_id == "next-night"
+
+
+def test_a_worker_whose_clock_is_ahead_cannot_take_a_live_lease(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class AheadClock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> AheadClock:
+            return cls.fromtimestamp(time.time() + 360, tz)
+
+    with ModelLease(store, "m", "nightly-1", seconds=60):
+        monkeypatch.setattr("retrainer.lease.datetime", AheadClock)
+        with pytest.raises(LeaseHeld, match="nightly-1"):
+            ModelLease(store, "m", "six-minutes-ahead", seconds=60).acquire()
 
 
 def test_a_live_lease_of_another_machine_is_respected(store: ObjectStore) -> None:
@@ -58,23 +92,50 @@ def test_a_live_lease_of_another_machine_is_respected(store: ObjectStore) -> Non
 def test_the_lease_of_a_killed_process_on_this_machine_is_taken_at_once(
     store: ObjectStore,
 ) -> None:
-    finished = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
+    write_lease(
+        store, host=socket.gethostname(), pid=dead_pid(), process_namespace=process_namespace()
     )
-    write_lease(store, host=socket.gethostname(), pid=int(finished.stdout))
     with ModelLease(store, "m", "resumed", seconds=60):
         pass
+
+
+def test_a_container_sharing_the_host_name_cannot_declare_a_live_holder_dead(
+    store: ObjectStore,
+) -> None:
+    # The holder's pid is not in our process namespace: that it is gone here proves nothing.
+    write_lease(
+        store, host=socket.gethostname(), pid=dead_pid(), process_namespace="other-container"
+    )
+    with pytest.raises(LeaseHeld, match="nightly-1"):
+        ModelLease(store, "m", "neighbour", seconds=60).acquire()
 
 
 def test_the_lease_is_renewed_while_the_run_lives(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     with ModelLease(store, "m", "long-run", seconds=3):
         time.sleep(5)  # without renewals (every second) the lease would have expired by now
-        lease = LeaseBody.model_validate_json(store.get("leases/m.json"))
-        assert lease.expires_at > datetime.now(UTC)
+        info = store.head("leases/m.json")
+        assert info is not None and info.age is not None and info.age < timedelta(seconds=2)
         with pytest.raises(LeaseHeld, match="long-run"):
             ModelLease(store, "m", "intruder", seconds=3).acquire()
     assert LeaseBody.model_validate_json(store.get("leases/m.json")).released
+
+
+def test_a_holder_that_cannot_renew_stops_before_its_next_write(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outage = threading.Event()
+    flaky(lambda method, path: "drop" if outage.is_set() and "/leases/" in path else "pass")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = S3Store(bucket, "registry")
+    with ModelLease(store, "m", "nightly", seconds=3) as lease:
+        guarded = lease.guard(store)
+        guarded.put("models/m/before.json", b"{}")
+        outage.set()  # the lease cannot be renewed; other writes would still go through
+        time.sleep(2.5)
+        with pytest.raises(LeaseLost, match=r"could not be renewed for \d+ s"):
+            guarded.put("models/m/during.json", b"{}")
+        assert not store.exists("models/m/during.json")
+        outage.clear()
+        time.sleep(1.5)  # renewed by compare-and-swap on our own ETag: still ours
+        guarded.put("models/m/after.json", b"{}")

@@ -18,14 +18,16 @@ from PIL import Image
 
 from retrainer.cache import LocalCache
 from retrainer.cli import main
-from retrainer.dataset import parse_records, read_split
+from retrainer.dataset import declared_size, parse_records, read_split
 from retrainer.gc import collect_garbage
 from retrainer.local import batches_here
 from retrainer.models import build_default_model, with_augmentation
+from retrainer.records import PreparationSpec
 from retrainer.registry import ModelRegistry
-from retrainer.serving import SERVING_SIGNATURE, export_serving_model
+from retrainer.serving import SERVING_SIGNATURE, export_serving_model, predict_files
 from retrainer.settings import TrainingConfig
 from retrainer.storage import LocalStore
+from tests.bad_files import decompression_bomb_png
 from tests.conftest import digit_images, publish_stub_version, write_files
 
 # Run in a fresh interpreter that never imports retrainer: only TensorFlow and the bytes.
@@ -219,3 +221,41 @@ def test_the_first_change_after_clock_numbered_serving_folders_is_numbered_above
 
     assert champion.serving_number == legacy.serving_number + 1
     assert max(served_numbers(registry)) == champion.serving_number
+
+
+def image_as(image_format: str, width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 90)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def test_the_declared_size_is_read_from_the_header_of_every_accepted_format() -> None:
+    for image_format in ("PNG", "JPEG", "GIF", "BMP"):
+        contents = tf.constant(image_as(image_format, 37, 23))
+        width, height = declared_size(contents)
+        assert (int(width), int(height)) == (37, 23), image_format
+    assert [int(n) for n in declared_size(tf.constant(b"plain text"))] == [0, 0]
+
+
+def test_the_served_signature_refuses_what_training_refused_before_decoding_a_pixel(
+    tmp_path: Path,
+) -> None:
+    keras.utils.set_random_seed(1)
+    build_default_model((8, 8, 3), 2).save(tmp_path / "model.keras")
+    spec = PreparationSpec.of(TrainingConfig(image_size=8, max_image_bytes=5_000))
+    saved = export_serving_model(tmp_path / "model.keras", ["a", "b"], spec, tmp_path / "saved")
+    files = {
+        "bomb.png": decompression_bomb_png(20000, 20000),  # 0.4 KB declaring 400 megapixels
+        "huge.bmp": image_as("BMP", 64, 64),  # 12 KB
+        "fine.gif": image_as("GIF", 64, 64),
+    }
+    for name, contents in files.items():
+        (tmp_path / name).write_bytes(contents)
+
+    predictions = predict_files(saved, [tmp_path / name for name in files])
+
+    assert [prediction.problem for prediction in predictions] == [
+        "refused: declares more than 64,000,000 pixels (RETRAINER_MAX_IMAGE_PIXELS)",
+        "refused: more than 5,000 bytes (RETRAINER_MAX_IMAGE_BYTES)",
+        None,
+    ]

@@ -86,3 +86,13 @@ def test_stores_that_reject_crc_checksums_are_served_by_boto3s_own_settings(
     assert config.request_checksum_calculation == "when_required"
     assert config.response_checksum_validation == "when_required"
     assert config.retries["total_max_attempts"] == 3
+
+
+def test_the_stores_own_time_is_the_first_date_header_even_behind_a_proxy_that_adds_one() -> None:
+    from datetime import UTC, datetime
+
+    from retrainer.storage import http_date
+
+    both = "Mon, 30 Nov 2026 02:51:41 GMT, Mon, 30 Nov 2026 02:51:43 GMT"
+    assert http_date(both) == datetime(2026, 11, 30, 2, 51, 41, tzinfo=UTC)
+    assert http_date("not a date") is None and http_date(None) is None
