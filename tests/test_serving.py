@@ -52,6 +52,7 @@ def as_jpeg(png: bytes) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow  # a fresh TensorFlow process: 40 s of the fast lane
 def test_the_saved_model_serves_raw_jpeg_and_png_bytes_as_training_saw_them(
     tmp_path: Path,
 ) -> None:

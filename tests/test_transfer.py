@@ -77,6 +77,7 @@ def mirror_in(folder: Path) -> CheckpointMirror:
     return CheckpointMirror(LocalStore(folder / "store"), "checkpoints/t/k", folder / "ck")
 
 
+@pytest.mark.slow  # trains a backbone: 14 s of the fast lane
 def test_the_backbone_starts_from_its_weights_file_and_stays_frozen_in_the_first_phase(
     digits_batches: Batches, tmp_path: Path
 ) -> None:
