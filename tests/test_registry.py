@@ -199,13 +199,19 @@ def test_a_torn_champion_pointer_stops_reads_and_a_repair_continues_its_history(
     assert registry.read_champion_record() is not None
 
 
-def test_rollback_repair_of_a_torn_pointer_never_promotes_what_was_rolled_back(
-    store: ObjectStore,
-) -> None:
+def v3_rolled_back_to_v2(store: ObjectStore) -> ModelRegistry:
+    """Three champions in turn, the last rolled back by an operator."""
     registry = ModelRegistry(store, "m")
     publish_passed(registry, "v1", "v2", "v3")
     promote_in_turn(registry, "v1", "v2", "v3")
     registry.rollback("operator", "v3 misclassifies class b")
+    return registry
+
+
+def test_rollback_repair_of_a_torn_pointer_never_promotes_what_was_rolled_back(
+    store: ObjectStore,
+) -> None:
+    registry = v3_rolled_back_to_v2(store)
     store.put(registry.champion_key, b"garbage")
 
     repaired = registry.rollback("operator", "v2 too", repair=True)
@@ -218,10 +224,7 @@ def test_rollback_repair_of_a_torn_pointer_never_promotes_what_was_rolled_back(
 def test_rollback_repair_without_a_history_picks_the_newest_passed_version_not_withdrawn(
     store: ObjectStore,
 ) -> None:
-    registry = ModelRegistry(store, "m")
-    publish_passed(registry, "v1", "v2", "v3")
-    promote_in_turn(registry, "v1", "v2", "v3")
-    registry.rollback("operator", "v3 misbehaves")
+    registry = v3_rolled_back_to_v2(store)
     for info in list(store.list(registry.history_prefix)):  # a store from before the history
         store.delete(info.key)
     store.put(registry.champion_key, b"garbage")
