@@ -150,10 +150,11 @@ class ModelRegistry:
             )
 
     def _repair_advice(self) -> str:
+        model = f"--model-name {self.model_name}"
         return (
-            "restore it from the champion history with `retrainer repair --reason ...`"
-            f" (model '{self.model_name}'), or choose with `retrainer promote VERSION --repair"
-            " --reason ...` or `retrainer rollback --repair --reason ...`"
+            f"restore it from the champion history with `retrainer repair {model}`, or choose "
+            f"the champion with `retrainer promote VERSION --repair --reason ... {model}` or "
+            f"`retrainer rollback --repair --reason ... {model}`"
         )
 
     def read_history(self) -> list[Champion]:
