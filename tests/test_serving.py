@@ -260,3 +260,19 @@ def test_the_served_signature_refuses_what_training_refused_before_decoding_a_pi
         "refused: more than 5,000 bytes (RETRAINER_MAX_IMAGE_BYTES)",
         None,
     ]
+
+
+def test_gc_keeps_the_champions_served_folder_by_its_number_not_because_it_is_highest(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "m")
+    publish_servable(registry, "v1")
+    champion = registry.promote("v1", "run-1", "passed", None)
+    # A folder numbered above it, as a worker whose clock ran ahead used to leave.
+    registry.store.put(f"{registry.serving_prefix}/{10**16}/saved_model.pb", b"stale")
+
+    collect_garbage(registry, LocalCache(tmp_path / "cache"), 10, timedelta(0), False)
+
+    served = f"{registry.serving_location(champion)}/saved_model.pb"
+    assert registry.store.get(served) == b"graph of v1"
+    assert served_numbers(registry) == [champion.serving_number]
