@@ -21,9 +21,10 @@ checks: $(UV)
 	$(RUN) ruff check .
 	$(RUN) mypy
 
-# Two pytest workers (pytest-xdist): the slow tests mostly wait on processes and servers.
+# Three pytest workers (pytest-xdist) on two cores: the slow tests often wait on processes and
+# servers (measured: 12 min 11 s with three, 12 min 23 s with two before the months test).
 test: checks
-	$(RUN) pytest -n 2 --durations=15
+	$(RUN) pytest -n 3 --durations=15
 
 # Everything but the slow tests (those that start a Prefect server or train end to end).
 test-fast: checks

@@ -1,6 +1,7 @@
 """Months of operation: a seeded sequence of nights and operator actions on loopback S3 (new,
 unchanged and bad data, forced runs, promotions by hand, rollbacks, gc, kills of promotions and
-rollbacks at random moments, a worker whose clock is 10 minutes behind, a lost champion.json).
+rollbacks at random moments, a `retrainer run` killed at a random moment, a worker whose clock
+is 10 minutes behind, a lost champion.json).
 After every step the store must still tell the truth: what TF Serving serves is the champion,
 byte for byte; the champion's history ends with it; no rolled-back work comes back unforced;
 a night that should finish does.
@@ -52,9 +53,11 @@ class Months:
     rng: random.Random
     bucket: str
     registry: ModelRegistry
+    prefect_api: str
     images: int = 15  # per class in the data prefix
     withdrawn: set[str] = field(default_factory=set)  # work keys an operator took out
     killed: bool = False  # a kill may have cut a change of champion short
+    night_killed: bool = False  # a whole run is killed once per sequence (it costs a process)
     log: list[str] = field(default_factory=list)
 
     def say(self, step: str) -> None:
@@ -114,7 +117,8 @@ def forced_night(months: Months) -> None:
 
 
 def bad_data_night(months: Months) -> None:
-    junk = {f"{label}/junk-{n}.png": b"not an image" for label in "012" for n in range(10)}
+    per_class = months.images // 2 + 1  # a third of the files, above the allowed 20%
+    junk = {f"{label}/junk-{n}.png": b"not an image" for label in "012" for n in range(per_class)}
     months.upload(junk)
     with pytest.raises(DataError, match="unusable"):
         retrain(ONE_EPOCH)
@@ -181,6 +185,33 @@ def kill_a_change_of_champion(months: Months) -> None:
     months.say(f"`retrainer {command[0]}` killed after {delay:.2f} s")
 
 
+def kill_a_night(months: Months) -> None:
+    """`retrainer run` on new data in its own process, SIGKILLed at a random moment (preparing,
+    training, publishing or promoting); the next night must finish what it left."""
+    if months.night_killed or months.images >= 60:
+        return unchanged_night(months)
+    months.night_killed = True
+    months.images += 5
+    months.upload(images_up_to(months.images))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retrainer.cli", "run", "--epochs", "1"],
+        cwd=REPOSITORY,
+        env={**os.environ, "PYTHONPATH": str(REPOSITORY), "PREFECT_API_URL": months.prefect_api},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    delay = months.rng.uniform(10.0, 25.0)
+    try:
+        process.wait(delay)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    months.killed = True
+    months.say(f"`retrainer run` killed after {delay:.1f} s (exit {process.returncode})")
+    outcome = night(months)
+    months.say(f"the next night: {outcome.status}")
+
+
 def behind_clock_worker(months: Months, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker 10 minutes behind: cannot take a live lease, and its promotion is served."""
 
@@ -238,7 +269,7 @@ def check_the_truth(months: Months) -> None:
 
 
 def test_months_of_operation_serve_the_champion_and_keep_the_operators_word(
-    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api_url: str
 ) -> None:
     seed = int(REPLAYED_SEED or random.randrange(1 << 30))
     for name, value in {
@@ -255,9 +286,8 @@ def test_months_of_operation_serve_the_champion_and_keep_the_operators_word(
         "RETRAINER_MAX_QUARANTINED_FRACTION": "0.2",
     }.items():
         monkeypatch.setenv(name, value)
-    months = Months(
-        seed, random.Random(seed), bucket, ModelRegistry(S3Store(bucket, "registry"), "months")
-    )
+    registry = ModelRegistry(S3Store(bucket, "registry"), "months")
+    months = Months(seed, random.Random(seed), bucket, registry, prefect_api_url)
     months.upload(images_up_to(months.images))
     steps: list[tuple[Callable[[Months], None], int]] = [
         (new_data_night, 4),
@@ -268,6 +298,7 @@ def test_months_of_operation_serve_the_champion_and_keep_the_operators_word(
         (roll_back, 4),
         (collect_garbage, 2),
         (kill_a_change_of_champion, 3),
+        (kill_a_night, 2),
         (lose_the_champion_pointer, 1),
         (lambda m: behind_clock_worker(m, monkeypatch), 1),
     ]
