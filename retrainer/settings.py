@@ -318,7 +318,7 @@ class Settings(TrainingConfig, BaseSettings):
     )
     lease_seconds: int = Field(
         300,
-        ge=30,
+        ge=10,
         le=86400,
         description="A run holds its model's lease this long, renewed every third of it; a "
         "killed run's lease expires after it (at once on the same machine).",

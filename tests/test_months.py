@@ -1,7 +1,8 @@
 """Months of operation: a seeded sequence of nights and operator actions on loopback S3 (new,
 unchanged and bad data, forced runs, promotions by hand, rollbacks, gc, kills of promotions and
-rollbacks at random moments, a `retrainer run` killed at a random moment, a worker whose clock
-is 10 minutes behind, a lost champion.json).
+rollbacks at random moments, a `retrainer run` killed at a random moment, lease renewals lost for
+longer than the lease while gc runs, a worker whose clock is 10 minutes behind, a lost
+champion.json).
 After every step the store must still tell the truth: what TF Serving serves is the champion,
 byte for byte; the champion's history ends with it; no rolled-back work comes back unforced;
 a night that should finish does.
@@ -16,6 +17,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,12 +30,13 @@ import pytest
 from flows.retrain import retrain
 from retrainer.cli import main
 from retrainer.errors import DataError, RegistryCorrupt
-from retrainer.lease import LeaseHeld, ModelLease
+from retrainer.lease import LeaseHeld, LeaseLost, ModelLease
 from retrainer.records import Publication
 from retrainer.registry import ModelRegistry
 from retrainer.settings import RetrainParameters
 from retrainer.storage import S3Store
 from tests.conftest import digit_images
+from tests.flaky_proxy import Fault, FlakyProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
@@ -41,6 +44,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 STEPS = 40
 ALL_IMAGES = digit_images(classes=3, per_class=60)
 ONE_EPOCH = RetrainParameters(epochs=1)
+LEASE_SECONDS = 10
 # Read at import: every test runs without RETRAINER_ variables (conftest's isolated_settings).
 REPLAYED_SEED = os.environ.get("RETRAINER_MONTHS_SEED")
 
@@ -56,6 +60,8 @@ class Months:
     prefect_api: str
     images: int = 15  # per class in the data prefix
     withdrawn: set[str] = field(default_factory=set)  # work keys an operator took out
+    direct: str = ""  # the S3 endpoint itself; the runs go through a proxy
+    outage: threading.Event = field(default_factory=threading.Event)  # lease renewals dropped
     killed: bool = False  # a kill may have cut a change of champion short
     night_killed: bool = False  # a whole run is killed once per sequence (it costs a process)
     log: list[str] = field(default_factory=list)
@@ -106,7 +112,7 @@ def new_data_night(months: Months) -> None:
 
 def unchanged_night(months: Months) -> None:
     outcome = night(months)
-    months.say(f"unchanged night: {outcome.status}")
+    months.say(f"a night with no new data: {outcome.status}")
 
 
 def forced_night(months: Months) -> None:
@@ -212,6 +218,50 @@ def kill_a_night(months: Months) -> None:
     months.say(f"the next night: {outcome.status}")
 
 
+def outage_longer_than_the_lease(months: Months) -> None:
+    """The run's lease renewals go unanswered for longer than the lease, and gc, which still
+    reaches the store, takes the lease meanwhile: the run writes nothing more as a holder (it
+    stops, or it had finished), and the next night finishes."""
+    if months.images >= 60:
+        return unchanged_night(months)
+    months.images += 5
+    months.upload(images_up_to(months.images))
+    gc_exit: list[int] = []
+
+    before = months.registry.store.head("leases/months.json")
+    delay = months.rng.uniform(0.5, 5.0)
+
+    def partition() -> None:
+        while months.registry.store.head("leases/months.json") == before:
+            time.sleep(0.2)  # the run has not taken the lease yet
+        time.sleep(delay)
+        months.outage.set()
+        time.sleep(LEASE_SECONDS + 4)  # expired by the store's clock (and its resolution)
+        gc = subprocess.run(
+            [sys.executable, "-m", "retrainer.cli", "gc", "--keep", "1", "--older-than", "0"],
+            cwd=REPOSITORY,
+            env={**os.environ, "PYTHONPATH": str(REPOSITORY), "AWS_ENDPOINT_URL": months.direct},
+            capture_output=True,
+        )
+        gc_exit.append(gc.returncode)
+        months.outage.clear()
+
+    thread = threading.Thread(target=partition)
+    thread.start()
+    try:
+        outcome = f"finished: {retrain(ONE_EPOCH).status}"
+    except LeaseLost as error:
+        outcome = f"stopped: {str(error)[:60]}"
+    thread.join()
+    assert gc_exit == [0], months.context()  # the lapsed lease was gc's to take
+    months.killed = True  # a change of champion may have been cut short by the stop
+    months.say(
+        f"lease renewals lost {delay:.1f} s after the run took it, for {LEASE_SECONDS + 4} s, "
+        f"gc meanwhile; the run {outcome}"
+    )
+    unchanged_night(months)
+
+
 def behind_clock_worker(months: Months, monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker 10 minutes behind: cannot take a live lease, and its promotion is served."""
 
@@ -269,7 +319,12 @@ def check_the_truth(months: Months) -> None:
 
 
 def test_months_of_operation_serve_the_champion_and_keep_the_operators_word(
-    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api_url: str
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prefect_api_url: str,
+    s3_env: str,
+    flaky: Callable[[Fault], FlakyProxy],
 ) -> None:
     seed = int(REPLAYED_SEED or random.randrange(1 << 30))
     for name, value in {
@@ -284,10 +339,12 @@ def test_months_of_operation_serve_the_champion_and_keep_the_operators_word(
         "RETRAINER_GATE__MACRO_F1__MAX_REGRESSION": "1",
         "RETRAINER_GATE__MAX_CLASS_RECALL_DROP": "1",
         "RETRAINER_MAX_QUARANTINED_FRACTION": "0.2",
+        "RETRAINER_LEASE_SECONDS": str(LEASE_SECONDS),
     }.items():
         monkeypatch.setenv(name, value)
     registry = ModelRegistry(S3Store(bucket, "registry"), "months")
-    months = Months(seed, random.Random(seed), bucket, registry, prefect_api_url)
+    months = Months(seed, random.Random(seed), bucket, registry, prefect_api_url, direct=s3_env)
+    flaky(lambda method, path: "drop" if months.outage.is_set() and "/leases/" in path else "pass")
     months.upload(images_up_to(months.images))
     steps: list[tuple[Callable[[Months], None], int]] = [
         (new_data_night, 4),
@@ -299,6 +356,7 @@ def test_months_of_operation_serve_the_champion_and_keep_the_operators_word(
         (collect_garbage, 2),
         (kill_a_change_of_champion, 3),
         (kill_a_night, 2),
+        (outage_longer_than_the_lease, 1),
         (lose_the_champion_pointer, 1),
         (lambda m: behind_clock_worker(m, monkeypatch), 1),
     ]
