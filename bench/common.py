@@ -74,29 +74,29 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def prepare_batches(work: Path, count: int, size: int = 64, batch_size: int = 32):
-    """The project's own stages, from image files to the Batches record training reads."""
-    from retrainer.local import batches_here
+def prepare_split(work: Path, count: int, size: int = 64, batch_size: int = 32):
+    """The project's own stages, from image files to the DataSplit record training reads."""
+    from retrainer.data.local import split_here
     from retrainer.settings import TrainingConfig
 
     source = write_tree(work / "images", jpeg_images(count, classes=5, size=size))
     config = TrainingConfig(image_size=size, batch_size=batch_size)
-    return batches_here(str(source), str(work / "store"), work / "work", config, 5, 0.0)
+    return split_here(str(source), str(work / "store"), work / "work", config, 5, 0.0)
 
 
-def in_memory_dataset(batches, subset: str):
+def in_memory_dataset(split, subset: str):
     """The same images decoded once into memory: the fastest way to feed `fit`, the baseline."""
     import numpy as np
     import tensorflow as tf
 
-    from retrainer.dataset import input_fn
+    from retrainer.data.inputs import input_fn
 
     images, labels = zip(
-        *((x.numpy(), y.numpy()) for x, y in input_fn(batches, subset, shuffle=False)), strict=True
+        *((x.numpy(), y.numpy()) for x, y in input_fn(split, subset, shuffle=False)), strict=True
     )
     x, y = np.concatenate(images), np.concatenate(labels)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0)
-    return dataset.batch(batches.batch_size).prefetch(tf.data.AUTOTUNE), len(x)
+    return dataset.batch(split.batch_size).prefetch(tf.data.AUTOTUNE), len(x)
 
 
 class EpochTimer:

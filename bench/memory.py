@@ -20,7 +20,7 @@ SIZE = 64
 def train_once(folder: Path) -> None:
     """In the child: the project's stages on the images in `folder`, then print peak memory."""
     from retrainer.checkpoints import checkpoint_mirror
-    from retrainer.local import batches_here
+    from retrainer.data.local import split_here
     from retrainer.settings import load_settings
     from retrainer.storage import LocalStore
     from retrainer.training import train_model
@@ -28,9 +28,9 @@ def train_once(folder: Path) -> None:
     settings = load_settings(epochs=2, early_stopping_patience=0, image_size=SIZE)
     config = settings.training_config()
     images, store = str(folder / "images"), str(folder / "store")
-    batches = batches_here(images, store, folder / "work", config, 5, 0.0)
+    split = split_here(images, store, folder / "work", config, 5, 0.0)
     mirror = checkpoint_mirror(LocalStore(folder / "store"), folder / "cache", "bench", "m" * 32)
-    train_model(batches, settings.training_config(), folder / "out", mirror)
+    train_model(split, settings.training_config(), folder / "out", mirror)
     print(f"PEAK_RSS_MB {peak_rss_mb():.0f}")
 
 

@@ -63,19 +63,19 @@ def measure(source: Path, work: Path, overrides: dict[str, str]) -> tuple[float,
     import keras
 
     from retrainer.checkpoints import checkpoint_mirror
+    from retrainer.data.local import split_here
     from retrainer.evaluation import predict, score_predictions
-    from retrainer.local import batches_here
     from retrainer.settings import load_settings
     from retrainer.storage import LocalStore
     from retrainer.training import train_model
 
     config = load_settings(**overrides).training_config()
-    batches = batches_here(str(source), str(work / "store"), work / "work", config)
+    split = split_here(str(source), str(work / "store"), work / "work", config)
     mirror = checkpoint_mirror(LocalStore(work / "store"), work / "cache", "photos", "p" * 32)
-    trained = train_model(batches, config, work / "out", mirror)
+    trained = train_model(split, config, work / "out", mirror)
     model = keras.models.load_model(trained.model_path, compile=False)
-    validation = score_predictions(*predict(model, batches, "validation"), batches.class_names)
-    test = score_predictions(*predict(model, batches, "test"), batches.class_names)
+    validation = score_predictions(*predict(model, split, "validation"), split.class_names)
+    test = score_predictions(*predict(model, split, "test"), split.class_names)
     return validation.accuracy, test.accuracy, trained.epochs_run
 
 

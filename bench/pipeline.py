@@ -19,8 +19,8 @@ from pathlib import Path
 
 import keras
 
-from bench.common import in_memory_dataset, prepare_batches
-from retrainer.dataset import input_fn
+from bench.common import in_memory_dataset, prepare_split
+from retrainer.data.inputs import input_fn
 from retrainer.models import build_default_model
 
 
@@ -45,9 +45,9 @@ def main() -> None:
     arguments = parser.parse_args()
     size = arguments.size
     with tempfile.TemporaryDirectory() as folder:
-        batches = prepare_batches(Path(folder), arguments.images, size)
-        memory, count = in_memory_dataset(batches, "train")
-        datasets = {"memory": memory, "shards": input_fn(batches, "train", shuffle=True)}
+        split = prepare_split(Path(folder), arguments.images, size)
+        memory, count = in_memory_dataset(split, "train")
+        datasets = {"memory": memory, "shards": input_fn(split, "train", shuffle=True)}
         models = {name: compiled_model(size) for name in datasets}
         first = {name: count / epoch_seconds(models[name], datasets[name]) for name in datasets}
         rates: dict[str, list[float]] = {"memory": [], "shards": []}

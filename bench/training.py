@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from bench.common import EpochTimer, in_memory_dataset, prepare_batches
+from bench.common import EpochTimer, in_memory_dataset, prepare_split
 from retrainer.checkpoints import checkpoint_mirror
 from retrainer.models import build_default_model
 from retrainer.settings import load_settings
@@ -34,9 +34,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        batches = prepare_batches(work, arguments.images, arguments.size)
+        split = prepare_split(work, arguments.images, arguments.size)
 
-        memory, count = in_memory_dataset(batches, "train")
+        memory, count = in_memory_dataset(split, "train")
         keras.utils.set_random_seed(0)
         model = build_default_model((arguments.size, arguments.size, 3), 5)
         model.compile(
@@ -44,7 +44,7 @@ def main() -> None:
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        validation, _ = in_memory_dataset(batches, "validation")
+        validation, _ = in_memory_dataset(split, "validation")
         timer = EpochTimer()
         model.fit(
             memory,
@@ -64,7 +64,7 @@ def main() -> None:
         # every callback, the previous epoch's checkpoint upload included.
         ends: list[float] = []
         train_model(
-            batches,
+            split,
             settings.training_config(),
             work / "out",
             mirror,

@@ -7,12 +7,13 @@ can leave the GPU node. Planning and recording run where the flow runs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from retrainer.preparation import prepared_url
+from retrainer.data.preparation import prepared_url
 from retrainer.records import DataSnapshot, PreparationSpec, PreparedData
 from retrainer.settings import Settings
 from tasks.prepare import plan, prepare, record
@@ -28,11 +29,12 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
 
 
 @flow(name="prepare dataset", log_prints=True)
-def prepare_dataset(snapshot: DataSnapshot, settings: Settings) -> PreparedData:
+def prepare_dataset(snapshot: DataSnapshot, settings: Settings, index_path: Path) -> PreparedData:
+    """Prepare what the store lacks; the index is copied to `index_path` on this worker."""
     spec = PreparationSpec.of(settings)
     prepared_at = prepared_url(settings.store_url, snapshot.source_url, spec)
     # Chunks on this worker's threads leave their shards in its cache; a Dask worker's cannot.
     keep_in = None if settings.dask_address else settings.cache.shards_dir
     planned, chunks = plan(snapshot, prepared_at, spec, keep_in)
     results = prepare.map(chunks).result()
-    return record(snapshot, prepared_at, planned, results)
+    return record(snapshot, prepared_at, planned, results, index_path)

@@ -1,4 +1,4 @@
-"""The nightly flow: list -> prepare -> validate -> batches -> train -> gate -> publish."""
+"""The nightly flow: list -> prepare -> validate -> split -> train -> gate -> publish."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from prefect import flow, get_run_logger
 from flows.prepare import prepare_dataset, task_runner_for
 from retrainer.records import Publication
 from retrainer.settings import RetrainParameters, load_settings
-from tasks.batches import build_batches
 from tasks.champion import read_champion
 from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
@@ -17,6 +16,8 @@ from tasks.lease import model_lease
 from tasks.listing import list_objects
 from tasks.preflight import preflight
 from tasks.publish import publish
+from tasks.runtime import run_folder
+from tasks.split import split
 from tasks.train import train
 from tasks.validate import validate
 
@@ -43,9 +44,9 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
                 already_done.message,
             )
         prepare = prepare_dataset.with_options(task_runner=task_runner_for(settings))
-        prepared = prepare(snapshot, settings)
+        prepared = prepare(snapshot, settings, run_folder(settings).prepared_index)
         data = validate(prepared, champion, settings)
-        batches = build_batches(data, settings)
-        trained = train(batches, work, champion, settings)
-        decision = gate(batches, trained, champion, settings)
-        return publish(data, batches, work, trained, decision, settings)
+        data_split = split(data, settings)
+        trained = train(data_split, work, champion, settings)
+        decision = gate(data_split, trained, champion, settings)
+        return publish(data, data_split, work, trained, decision, settings)

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from retrainer import Log
-from retrainer.cache import LocalCache
+from retrainer.layout import LocalCache, ModelKeys
 from retrainer.storage import ObjectNotFound, ObjectStore, sha256_of_file, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,6 @@ def checkpoint_mirror(
 ) -> CheckpointMirror:
     return CheckpointMirror(
         store,
-        f"checkpoints/{model_name}/{key[:32]}",
+        ModelKeys(model_name).checkpoint(key),
         LocalCache(cache_root).checkpoint_dir(model_name, key),
     )

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from retrainer import __version__
 from retrainer.errors import BadInput, SettingsError, redact
+from retrainer.layout import DEMO_DATA
 from retrainer.lease import LeaseHeld, ModelLease
 from retrainer.preflight import check_before_work, check_location
 from retrainer.registry import ModelRegistry, PromotionConflict
 from retrainer.settings import (
-    DEMO_DATASET_KEY,
     RetrainParameters,
     Settings,
     check_model_name,
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=demo_command)
 
     seed = commands.add_parser(
-        "seed-demo", help=f"copy the demo digits into the store ({DEMO_DATASET_KEY})"
+        "seed-demo", help=f"copy the demo digits into the store ({DEMO_DATA})"
     )
     seed.set_defaults(handler=seed_demo_command)
     return parser
@@ -381,8 +381,8 @@ def seed_demo_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
     store = open_store(settings.store_url)
     check_location("RETRAINER_STORE_URL", settings.store_url)
-    written = seed_demo_data(store, DEMO_DATASET_KEY)
-    print(f"Demo data at {store.describe(DEMO_DATASET_KEY)}: {written} images added")
+    written = seed_demo_data(store, DEMO_DATA)
+    print(f"Demo data at {store.describe(DEMO_DATA)}: {written} images added")
     return 0
 
 

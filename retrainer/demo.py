@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from retrainer.layout import DEMO_DATA
 from retrainer.records import Publication
-from retrainer.settings import DEMO_DATASET_KEY, RetrainParameters, Settings, join_url
+from retrainer.settings import RetrainParameters, Settings, join_url
 from retrainer.storage import ObjectStore, open_store
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,13 @@ def run_demo_nights(
     """
     store = open_store(settings.store_url)
     parameters = RetrainParameters(
-        data_url=join_url(settings.store_url, DEMO_DATASET_KEY), epochs=DEMO_EPOCHS
+        data_url=join_url(settings.store_url, DEMO_DATA), epochs=DEMO_EPOCHS
     )
     outcomes = []
     for title, share in DEMO_NIGHTS:
         print(f"\n=== {title} ===", flush=True)
-        added = seed_demo_data(store, DEMO_DATASET_KEY, share)
-        print(f"{added} new images in {store.describe(DEMO_DATASET_KEY)}", flush=True)
+        added = seed_demo_data(store, DEMO_DATA, share)
+        print(f"{added} new images in {store.describe(DEMO_DATA)}", flush=True)
         outcomes.append(retrain(parameters))
     print("\n=== What happened ===")
     for (title, _), outcome in zip(DEMO_NIGHTS, outcomes, strict=True):

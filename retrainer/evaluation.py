@@ -11,8 +11,10 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from retrainer import Log
-from retrainer.dataset import CHANNELS, Subset, input_fn
-from retrainer.records import Batches, ChampionRecord, ModelScores, PairedTest
+from retrainer.data.image import input_shape
+from retrainer.data.inputs import input_fn
+from retrainer.data.splits import Subset
+from retrainer.records import ChampionRecord, DataSplit, ModelScores, PairedTest
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings
 from retrainer.significance import paired_tests
@@ -55,9 +57,9 @@ def score_predictions(
     )
 
 
-def predict(model: keras.Model, batches: Batches, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: keras.Model, split: DataSplit, subset: Subset) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities for every image of the subset, and the true labels, in split order."""
-    dataset = input_fn(batches, subset, shuffle=False)
+    dataset = input_fn(split, subset, shuffle=False)
     labels = np.concatenate([label.numpy() for _, label in dataset])
     return model.predict(dataset, verbose=0), labels
 
@@ -67,7 +69,7 @@ class ChampionUnavailable(RuntimeError):
 
 
 def load_champion_model(
-    registry: ModelRegistry, champion: ChampionRecord, batches: Batches, models_dir: Path
+    registry: ModelRegistry, champion: ChampionRecord, split: DataSplit, models_dir: Path
 ) -> tuple[keras.Model | None, str]:
     """The champion's model if it can judge this data, else None and the reason why not.
 
@@ -75,10 +77,10 @@ def load_champion_model(
     candidate is then judged by the absolute thresholds. A champion that cannot be fetched,
     checked or loaded raises ChampionUnavailable, so the run never promotes in its absence.
     """
-    if champion.class_names != batches.class_names:
+    if champion.class_names != split.class_names:
         return None, (
             f"champion {champion.version} was trained on classes {champion.class_names}, "
-            f"not {batches.class_names}"
+            f"not {split.class_names}"
         )
     try:
         path = registry.download_champion_model(champion, models_dir)
@@ -87,7 +89,7 @@ def load_champion_model(
         raise ChampionUnavailable(
             f"champion {champion.version} could not be scored, so nothing is promoted: {error}"
         ) from error
-    expected = (None, batches.image_size, batches.image_size, CHANNELS)
+    expected = (None, *input_shape(split.preprocessing))
     if tuple(model.input_shape) != expected:
         return None, (
             f"champion {champion.version} takes inputs {model.input_shape}, not {expected}"
@@ -107,7 +109,7 @@ class Evaluation:
     test_images: int
 
 
-def split_note(champion: ChampionRecord, batches: Batches) -> str:
+def split_note(champion: ChampionRecord, split: DataSplit) -> str:
     """Why tonight's comparison may favour the champion, when its splits were not these."""
     if champion.test_fraction is None:
         return (
@@ -115,10 +117,10 @@ def split_note(champion: ChampionRecord, batches: Batches) -> str:
             "test images were its validation images (never trained on, but early stopping chose "
             "it on them), which favours it"
         )
-    if champion.test_fraction != batches.test_fraction:
+    if champion.test_fraction != split.test_fraction:
         return (
             f"champion {champion.version} was trained with a test fraction of "
-            f"{champion.test_fraction}, not {batches.test_fraction}: it may have trained on "
+            f"{champion.test_fraction}, not {split.test_fraction}: it may have trained on "
             "some of tonight's test images, which favours it"
         )
     return ""
@@ -126,7 +128,7 @@ def split_note(champion: ChampionRecord, batches: Batches) -> str:
 
 def evaluate(
     candidate_path: Path,
-    batches: Batches,
+    split: DataSplit,
     registry: ModelRegistry,
     champion: ChampionRecord | None,
     models_dir: Path,
@@ -136,36 +138,36 @@ def evaluate(
 ) -> Evaluation:
     """Score the candidate (validation and test) and the champion (test) on the same images."""
     model = keras.models.load_model(candidate_path, safe_mode=True, compile=False)
-    probabilities, labels = predict(model, batches, "test")
-    candidate = score_predictions(probabilities, labels, batches.class_names)
-    validation = score_predictions(*predict(model, batches, "validation"), batches.class_names)
+    probabilities, labels = predict(model, split, "test")
+    candidate = score_predictions(probabilities, labels, split.class_names)
+    validation = score_predictions(*predict(model, split, "validation"), split.class_names)
     log.info(
         "Candidate: accuracy %.4f on %d validation images (chosen on them), %.4f on %d test "
         "images (never seen); test loss %.4f, macro F1 %.4f",
         validation.accuracy,
-        batches.validation_count,
+        split.validation_count,
         candidate.accuracy,
-        batches.test_count,
+        split.test_count,
         candidate.loss,
         candidate.macro_f1,
     )
 
     def without_champion(note: str) -> Evaluation:
-        return Evaluation(candidate, validation, None, note, {}, batches.test_count)
+        return Evaluation(candidate, validation, None, note, {}, split.test_count)
 
     if champion is None:
         return without_champion("first model: no champion to beat")
-    champion_model, incompatible = load_champion_model(registry, champion, batches, models_dir)
+    champion_model, incompatible = load_champion_model(registry, champion, split, models_dir)
     if champion_model is None:
         log.warning("%s; the gate decides by the absolute thresholds alone", incompatible)
         return without_champion(incompatible + "; decided by the absolute thresholds alone")
-    champion_probabilities, _ = predict(champion_model, batches, "test")
-    scores = score_predictions(champion_probabilities, labels, batches.class_names)
+    champion_probabilities, _ = predict(champion_model, split, "test")
+    scores = score_predictions(champion_probabilities, labels, split.class_names)
     tests = paired_tests(
         probabilities,
         champion_probabilities,
         labels,
-        batches.class_names,
+        split.class_names,
         gate.significance_level,
         gate.bootstrap_samples,
         seed,
@@ -179,7 +181,7 @@ def evaluate(
         scores.macro_f1,
     )
     note = f"compared with champion {champion.version} on the same test images"
-    if caveat := split_note(champion, batches):
+    if caveat := split_note(champion, split):
         log.warning("Note: %s", caveat)
         note += f"; {caveat}"
-    return Evaluation(candidate, validation, scores, note, tests, batches.test_count)
+    return Evaluation(candidate, validation, scores, note, tests, split.test_count)

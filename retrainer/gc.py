@@ -16,7 +16,7 @@ Removed from the store:
   older than `older_than`;
 - prepared shards no prepared index names (compacted, or of data that changed), older than
   `older_than` (younger ones may belong to a preparation still running), unless a run of any
-  model reads that prepared dataset now (see retrainer.preparation).
+  model reads that prepared dataset now (see retrainer.data.preparation).
 
 Removed from the worker's disk (a cache: everything there can be fetched again): run folders,
 checkpoint copies, prepared shards and champion models (but the current champion's) untouched
@@ -35,8 +35,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from retrainer.cache import LocalCache
-from retrainer.preparation import INDEX_KEY, shard_key
+from retrainer.layout import (
+    MANIFEST_FILE,
+    PREPARED,
+    PREPARED_INDEX,
+    READERS,
+    SHARDS,
+    LocalCache,
+    dataset_in,
+    shard_key,
+    work_folder,
+)
 from retrainer.records import PreparedIndex
 from retrainer.registry import ModelRegistry
 from retrainer.storage import ObjectInfo, ObjectNotFound
@@ -89,10 +98,10 @@ def _version_time(version: str, objects: list[ObjectInfo]) -> datetime:
 def _collect_versions(
     registry: ModelRegistry, keep: int, cutoff: datetime, unfinished_cutoff: datetime, dry_run: bool
 ) -> list[str]:
-    prefix = f"{registry.root}/versions/"
+    keys = registry.keys
     objects: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for info in registry.store.list(prefix):
-        objects[info.key[len(prefix) :].split("/", 1)[0]].append(info)
+    for info in registry.store.list(keys.versions):
+        objects[keys.version_in(info.key)].append(info)
     champion, _ = registry.read_champion()
     protected = set()
     if champion is not None:
@@ -102,18 +111,20 @@ def _collect_versions(
     unpromoted = []
     for version in sorted(objects):
         files = objects[version]
-        if not any(info.key.endswith("/manifest.json") for info in files):
+        if not any(info.key == keys.version_file(version, MANIFEST_FILE) for info in files):
             newest = max((info.modified or unfinished_cutoff) for info in files)
             if newest >= unfinished_cutoff:
                 continue
-            removed.append(f"store: {prefix}{version}/ (no manifest: publication never finished)")
+            removed.append(
+                f"store: {keys.version(version)} (no manifest: publication never finished)"
+            )
             _delete_all(registry, files, dry_run)
         elif version not in protected:
             unpromoted.append(version)
     for version in unpromoted[: max(0, len(unpromoted) - keep)]:
         files = objects[version]
         if _version_time(version, files) < cutoff:
-            removed.append(f"store: {prefix}{version}/ (not promoted, past retention)")
+            removed.append(f"store: {keys.version(version)} (not promoted, past retention)")
             _delete_all(registry, files, dry_run)
     return removed
 
@@ -121,21 +132,21 @@ def _collect_versions(
 def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
     """Checkpoints of finished work (written before its work record: a forced rerun of the same
     work writes newer ones, which it resumes from) or untouched since `cutoff`."""
-    prefix = f"checkpoints/{registry.model_name}/"
+    keys = registry.keys
     finished = {
-        info.key.rsplit("/", 1)[-1].removesuffix(".json")[:32]: info.modified
-        for info in registry.store.list(f"{registry.root}/works/")
+        work_folder(keys.work_in(info.key)): info.modified
+        for info in registry.store.list(keys.works)
     }
     objects: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for info in registry.store.list(prefix):
-        objects[info.key[len(prefix) :].split("/", 1)[0]].append(info)
+    for info in registry.store.list(keys.checkpoints):
+        objects[keys.checkpointed_work_in(info.key)].append(info)
     removed = []
-    for key, files in sorted(objects.items()):
+    for folder, files in sorted(objects.items()):
         newest = max((info.modified for info in files if info.modified), default=cutoff)
-        if key in finished and newest <= (finished[key] or newest):
-            removed.append(f"store: {prefix}{key}/ (checkpoints of finished work)")
+        if folder in finished and newest <= (finished[folder] or newest):
+            removed.append(f"store: {keys.checkpoint(folder)} (checkpoints of finished work)")
         elif newest < cutoff:
-            removed.append(f"store: {prefix}{key}/ (checkpoints of abandoned work)")
+            removed.append(f"store: {keys.checkpoint(folder)} (checkpoints of abandoned work)")
         else:
             continue
         _delete_all(registry, files, dry_run)
@@ -144,25 +155,26 @@ def _collect_checkpoints(registry: ModelRegistry, cutoff: datetime, dry_run: boo
 
 def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
     """Shards no index names, older than `cutoff`, of datasets no run reads now."""
-    datasets: dict[str, dict[str, list[ObjectInfo]]] = defaultdict(lambda: defaultdict(list))
-    for info in registry.store.list("prepared/"):
-        # prepared/<data>/<spec>/{index.json, shards/<sha256>.tfrecord, readers/<run id>}
-        data, spec, kind = info.key.split("/")[1:4]
-        datasets[f"prepared/{data}/{spec}"][kind].append(info)
+    datasets: dict[str, dict[str, ObjectInfo]] = defaultdict(dict)
+    for info in registry.store.list(PREPARED):
+        dataset, name = dataset_in(info.key)
+        datasets[dataset][name] = info
     removed = []
     for dataset, objects in sorted(datasets.items()):
         try:
-            index = PreparedIndex.model_validate_json(registry.store.get(f"{dataset}/{INDEX_KEY}"))
+            index = PreparedIndex.model_validate_json(
+                registry.store.get(f"{dataset}/{PREPARED_INDEX}")
+            )
         except (ObjectNotFound, ValidationError):
             continue  # without a readable index nothing can be shown unused
         named = {shard_key(shard) for shard in index.shards}
         unused = [
             info
-            for info in objects["shards"]
-            if info.key.removeprefix(f"{dataset}/") not in named
-            and (info.modified or cutoff) < cutoff
+            for name, info in objects.items()
+            if name.startswith(SHARDS) and name not in named and (info.modified or cutoff) < cutoff
         ]
-        if unused and (readers := _live_readers(registry, objects["readers"])):
+        marks = {name: info for name, info in objects.items() if name.startswith(READERS)}
+        if unused and (readers := _live_readers(registry, marks)):
             logger.info("Kept the shards of %s: read now by %s", dataset, ", ".join(readers))
             continue
         removed += [f"store: {info.key} (prepared shard no index names)" for info in unused]
@@ -170,29 +182,31 @@ def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) ->
     return removed
 
 
-def _live_readers(registry: ModelRegistry, marks: list[ObjectInfo]) -> list[str]:
+def _live_readers(registry: ModelRegistry, marks: dict[str, ObjectInfo]) -> list[str]:
     """The runs whose reader mark is younger than READER_MARK_AGE, by the store's own clock."""
     live = []
-    for mark in marks:
+    for name, mark in marks.items():
         info = registry.store.head(mark.key)  # its answer carries the store's time
         if info and info.age is not None and info.age < READER_MARK_AGE:
-            live.append(mark.key.rsplit("/", 1)[-1])
+            live.append(name.removeprefix(READERS))
     return live
 
 
 def _collect_served(registry: ModelRegistry, cutoff: datetime, dry_run: bool) -> list[str]:
     """Served folders but the champion's own (by its number, whichever is highest)."""
     champion, _ = registry.read_champion()
-    prefix = f"{registry.serving_prefix}/"
+    keys = registry.keys
     served: dict[str, list[ObjectInfo]] = defaultdict(list)
-    for info in registry.store.list(prefix):
-        served[info.key[len(prefix) :].split("/", 1)[0]].append(info)
+    for info in registry.store.list(f"{keys.serving}/"):
+        served[keys.served_number_in(info.key)].append(info)
     removed = []
     kept = str(champion.serving_number) if champion else None
     for number in sorted((n for n in served if n != kept), key=int):
         files = served[number]
         if max((info.modified or cutoff) for info in files) < cutoff:
-            removed.append(f"store: {prefix}{number}/ (served before the current champion)")
+            removed.append(
+                f"store: {keys.served(int(number))} (served before the current champion)"
+            )
             _delete_all(registry, files, dry_run)
     return removed
 
@@ -208,7 +222,7 @@ def _collect_local(
     champion, _ = registry.read_champion()
     candidates = [
         *(cache.runs_dir.glob("*")),
-        *(cache.root / "checkpoints" / registry.model_name).glob("*"),
+        *cache.checkpoints_dir(registry.model_name).glob("*"),
         *cache.shards_dir.glob("*"),
     ]
     candidates += [

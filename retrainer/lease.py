@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from retrainer import Log
+from retrainer.layout import ModelKeys
 from retrainer.storage import GuardedStore, ObjectInfo, ObjectNotFound, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class ModelLease:
         self, store: ObjectStore, model_name: str, run_id: str, seconds: int, log: Log = logger
     ) -> None:
         self.store = store
-        self.key = f"leases/{model_name}.json"
+        self.key = ModelKeys(model_name).lease
         self.model_name = model_name
         self.run_id = run_id
         self.seconds = seconds

@@ -15,9 +15,9 @@ from typing import Literal
 import keras
 
 from retrainer import Log
-from retrainer.dataset import CHANNELS
+from retrainer.data.image import input_shape
 from retrainer.errors import SettingsError
-from retrainer.records import Batches, ChampionRecord
+from retrainer.records import ChampionRecord, DataSplit
 from retrainer.registry import ModelRegistry
 from retrainer.settings import TrainingConfig
 from retrainer.storage import open_store
@@ -180,7 +180,7 @@ def build_from_factory(
 def find_warm_start(
     registry: ModelRegistry,
     champion: ChampionRecord | None,
-    batches: Batches,
+    split: DataSplit,
     policy: str,
     models_dir: Path,
     log: Log = logger,
@@ -190,7 +190,7 @@ def find_warm_start(
         return None, "a fresh model (warm start is off)"
     if champion is None:
         reason = "there is no champion yet"
-    elif champion.class_names != batches.class_names:
+    elif champion.class_names != split.class_names:
         reason = f"champion {champion.version} was trained on other classes"
     else:
         path = registry.download_champion_model(champion, models_dir)
@@ -266,7 +266,7 @@ def start_fine_tuning(model: keras.Model, config: TrainingConfig) -> int:
 
 def build_model(
     config: TrainingConfig,
-    batches: Batches,
+    split: DataSplit,
     warm_start: Path | None,
     started_from: str,
     log: Log,
@@ -279,14 +279,14 @@ def build_model(
     precision when this run asks for it (variables stay float32 under mixed_float16, so the
     weights fit). A backbone starts frozen: its first phase trains the classifier alone.
     """
-    input_shape = (batches.image_size, batches.image_size, CHANNELS)
-    classes = len(batches.class_names)
+    shape = input_shape(split.preprocessing)
+    classes = len(split.class_names)
     if config.backbone == "none":
-        base = build_from_factory(config.model_factory, input_shape, classes)
+        base = build_from_factory(config.model_factory, shape, classes)
     elif backbone_weights is None:
         raise SettingsError(f"RETRAINER_BACKBONE={config.backbone}: its weights were not fetched")
     else:
-        base = build_transfer_model(config.backbone, backbone_weights, input_shape, classes)
+        base = build_transfer_model(config.backbone, backbone_weights, shape, classes)
     model = with_augmentation(base, config)
     if warm_start is not None:
         champion = keras.models.load_model(warm_start, safe_mode=True, compile=False)

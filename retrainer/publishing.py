@@ -15,9 +15,21 @@ from pathlib import Path
 
 from retrainer import Log
 from retrainer.checkpoints import CheckpointMirror
+from retrainer.layout import (
+    CONFUSION_PLOT,
+    CURVES_PLOT,
+    DECISION_FILE,
+    HISTORY_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    SAVED_MODEL_DIR,
+    TENSORBOARD_DIR,
+    RunFolder,
+)
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import (
-    Batches,
+    DataSplit,
     FileEntry,
     GateDecision,
     Manifest,
@@ -32,7 +44,8 @@ from retrainer.storage import sha256_of_file
 
 logger = logging.getLogger(__name__)
 
-PLOTS = ("training_curves.png", "confusion_matrix.png")
+PLOTS = (CURVES_PLOT, CONFUSION_PLOT)
+FOLDERS = (f"{TENSORBOARD_DIR}/", f"{SAVED_MODEL_DIR}/")
 PACKAGES = ("retrainer", "tensorflow", "keras", "numpy", "prefect", "boto3")
 
 
@@ -56,7 +69,7 @@ def package_versions() -> dict[str, str]:
 
 def build_manifest(
     files: dict[str, Path],
-    batches: Batches,
+    split: DataSplit,
     work: Work,
     trained: TrainedModel,
     run_id: str,
@@ -66,11 +79,11 @@ def build_manifest(
             name: FileEntry(sha256=sha256_of_file(path), size=path.stat().st_size)
             for name, path in sorted(files.items())
         },
-        data_fingerprint=batches.data_fingerprint,
-        class_names=batches.class_names,
-        train_images=batches.train_count,
-        validation_images=batches.validation_count,
-        test_images=batches.test_count,
+        data_fingerprint=split.data_fingerprint,
+        class_names=split.class_names,
+        train_images=split.train_count,
+        validation_images=split.validation_count,
+        test_images=split.test_count,
         parameters=work.config.model_dump(mode="json"),
         device=trained.device,
         started_from=trained.started_from,
@@ -82,14 +95,14 @@ def build_manifest(
         run_id=run_id,
         started_at=trained.started_at,
         finished_at=datetime.now(UTC),
-        preprocessing=batches.preprocessing,
+        preprocessing=split.preprocessing,
         serving=SERVING_SIGNATURE,
     )
 
 
 def publish_version(
     registry: ModelRegistry,
-    batches: Batches,
+    split: DataSplit,
     trained: TrainedModel,
     decision: GateDecision,
     work: Work,
@@ -104,7 +117,7 @@ def publish_version(
     """
     version = version_id(trained.finished_at, run_id)
     # The run's own folder holds everything uploaded, so the report can show the pictures.
-    folder = trained.model_path.parent
+    run = RunFolder(trained.model_path.parent)
     scores = decision.candidate
     metrics = {
         **scores.headline("test"),
@@ -113,37 +126,35 @@ def publish_version(
         "recall": scores.recall,
         "confusion_matrix": scores.confusion_matrix,
     }
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (folder / "decision.json").write_text(decision.model_dump_json(indent=2))
+    run.file(METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    run.file(DECISION_FILE).write_text(decision.model_dump_json(indent=2))
     history = json.loads(trained.history_path.read_text())
     files = {
-        "model.keras": trained.model_path,
-        "history.json": trained.history_path,
-        "metrics.json": folder / "metrics.json",
-        "decision.json": folder / "decision.json",
-        "training_curves.png": plot_training_curves(history, folder / "training_curves.png"),
-        "confusion_matrix.png": plot_confusion_matrix(
-            scores.confusion_matrix, batches.class_names, folder / "confusion_matrix.png"
+        MODEL_FILE: trained.model_path,
+        HISTORY_FILE: trained.history_path,
+        METRICS_FILE: run.file(METRICS_FILE),
+        DECISION_FILE: run.file(DECISION_FILE),
+        CURVES_PLOT: plot_training_curves(history, run.file(CURVES_PLOT)),
+        CONFUSION_PLOT: plot_confusion_matrix(
+            scores.confusion_matrix, split.class_names, run.file(CONFUSION_PLOT)
         ),
     }
     export_serving_model(
-        trained.model_path,
-        batches.class_names,
-        batches.preprocessing,
-        folder / SERVING_SIGNATURE.directory,
+        trained.model_path, split.class_names, split.preprocessing, run.file(SAVED_MODEL_DIR)
     )
-    for tree in (trained.tensorboard_dir, folder / SERVING_SIGNATURE.directory):
+    for tree in (trained.tensorboard_dir, run.file(SAVED_MODEL_DIR)):
         for path in sorted(tree.rglob("*")):
             if path.is_file():
-                files[path.relative_to(folder).as_posix()] = path
+                files[path.relative_to(run.root).as_posix()] = path
     for name, path in files.items():
-        registry.store.upload(registry.file_key(version, name), path)
-    manifest = build_manifest(files, batches, work, trained, run_id)
+        registry.store.upload(registry.keys.version_file(version, name), path)
+    manifest = build_manifest(files, split, work, trained, run_id)
     registry.store.put(
-        registry.file_key(version, "manifest.json"), manifest.model_dump_json(indent=2).encode()
+        registry.keys.version_file(version, MANIFEST_FILE),
+        manifest.model_dump_json(indent=2).encode(),
     )
 
-    version_url = registry.store.describe(registry.version_prefix(version))
+    version_url = registry.store.describe(registry.keys.version(version))
     log.info("Uploaded version %s to %s", version, version_url)
     published = Publication(
         status="rejected",
@@ -151,10 +162,9 @@ def publish_version(
         version=version,
         version_url=version_url,
         files=[
-            *(name for name in files if not name.startswith(("tensorboard/", "saved_model/"))),
-            "tensorboard/",
-            "saved_model/",
-            "manifest.json",
+            *(name for name in files if not name.startswith(FOLDERS)),
+            *FOLDERS,
+            MANIFEST_FILE,
         ],
         champion_version=decision.champion_version,
         message=f"version {version} {decision.reason}; champion unchanged",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from retrainer.layout import SAVED_MODEL_DIR
 from retrainer.settings import TrainingConfig
 
 
@@ -56,8 +57,8 @@ PREPARATION_VERSION = 1
 class PreparationSpec(BaseModel):
     """Everything that shapes a prepared image and its verdict: the preprocessing contract.
 
-    Images are decoded by `retrainer.dataset.decode_image`, resized to `image_size` squared with
-    `resize_method`, rounded and kept as `dtype` with `channels` channels.
+    `retrainer.data.image` enacts it: images are decoded with `channels` channels, resized to
+    `image_size` squared with `resize_method`, rounded and kept as `dtype`.
     """
 
     image_size: int
@@ -189,10 +190,12 @@ class ValidatedData(BaseModel):
         return USABLE.validate_json(self.usable_path.read_bytes())
 
 
-class Batches(BaseModel):
-    """The train/validation/test split on disk and how to batch it."""
+class DataSplit(BaseModel):
+    """The train/validation/test split on disk, and the batch size the input function uses."""
 
-    split_path: Path = Field(description="the Split file (retrainer.dataset), local to this worker")
+    split_path: Path = Field(
+        description="the SplitFile (retrainer.data.splits), local to this worker"
+    )
     class_names: list[str]
     preprocessing: PreparationSpec = Field(description="how every image was prepared")
     batch_size: int
@@ -324,7 +327,7 @@ class FileEntry(BaseModel):
 class ServingSignature(BaseModel):
     """The exported SavedModel's signature: what a server sends and gets back."""
 
-    directory: str = Field("saved_model", description="folder of the version holding it")
+    directory: str = Field(SAVED_MODEL_DIR, description="folder of the version holding it")
     name: str = "serving_default"
     inputs: dict[str, str]
     outputs: dict[str, str]

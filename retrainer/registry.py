@@ -1,13 +1,10 @@
 """The model registry: published versions in the store and the champion pointer naming one.
 
-Layout under the store root:
-
-    models/<name>/versions/<version>/model.keras, history.json, metrics.json, decision.json,
-                                      manifest.json, ...
-    models/<name>/champion.json       written last, and only for a version whose files are all there
-    models/<name>/history/<generation>.json   every champion.json ever written, never rewritten
-    models/<name>/works/<work key>.json   how the last training of that exact work ended
-    serving/<name>/<generation>/      the champion's SavedModel, where TensorFlow Serving looks
+Its keys (`ModelKeys` in retrainer/layout.py): every version's files under
+`models/<name>/versions/<version>/`; `champion.json`, written last and only for a version whose
+files are all there; the history of every champion.json ever written, never rewritten; the work
+records (how the last training of each exact work ended); and `serving/<name>/<generation>/`, the
+champion's SavedModel where TensorFlow Serving looks.
 
 Every change of champion (promotion, override, rollback) writes champion.json by compare-and-swap
 with the next `generation`, a counter kept in champion.json itself, so it comes from the store and
@@ -28,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from retrainer.errors import BadInput, RegistryCorrupt
+from retrainer.layout import MANIFEST_FILE, MODEL_FILE, ModelKeys
 from retrainer.records import ChampionRecord, Manifest, WorkRecord
 from retrainer.storage import ObjectNotFound, ObjectStore, sha256_of_file
 
@@ -96,37 +94,19 @@ class ModelRegistry:
     def __init__(self, store: ObjectStore, model_name: str) -> None:
         self.store = store
         self.model_name = model_name
-        self.root = f"models/{model_name}"
-        self.champion_key = f"{self.root}/champion.json"
-
-    def version_prefix(self, version: str) -> str:
-        return f"{self.root}/versions/{version}/"
-
-    def file_key(self, version: str, filename: str) -> str:
-        return self.version_prefix(version) + filename
-
-    def work_record_key(self, work_key: str) -> str:
-        return f"{self.root}/works/{work_key}.json"
-
-    @property
-    def history_prefix(self) -> str:
-        return f"{self.root}/history/"
-
-    def history_key(self, generation: int) -> str:
-        # Zero-padded, so the store lists the history in order.
-        return f"{self.history_prefix}{generation:020d}.json"
+        self.keys = ModelKeys(model_name)
 
     def read_champion(self) -> tuple[Champion | None, str | None]:
         """The champion and the ETag to pass to `promote` (None, None before the first one).
 
         An unreadable champion.json raises RegistryCorrupt: guessing would let a worse model in.
         """
-        info = self.store.head(self.champion_key)
+        info = self.store.head(self.keys.champion)
         if info is None:
             self._refuse_a_lost_champion()
             return None, None
         try:
-            raw = self.store.get(self.champion_key)
+            raw = self.store.get(self.keys.champion)
         except ObjectNotFound:
             self._refuse_a_lost_champion()
             return None, None
@@ -134,7 +114,7 @@ class ModelRegistry:
             return Champion.model_validate_json(raw), info.etag
         except ValidationError as error:
             raise RegistryCorrupt(
-                f"{self.store.describe(self.champion_key)} is unreadable "
+                f"{self.store.describe(self.keys.champion)} is unreadable "
                 f"({error.error_count()} problem(s), first: {error.errors()[0]['msg']}); "
                 f"{self._repair_advice()}"
             ) from None
@@ -144,7 +124,7 @@ class ModelRegistry:
         logged = self.newest_logged_champion()
         if logged is not None:
             raise RegistryCorrupt(
-                f"{self.store.describe(self.champion_key)} is missing, but the champion history "
+                f"{self.store.describe(self.keys.champion)} is missing, but the champion history "
                 f"names version {logged.version} (change {logged.serving_number}); "
                 f"{self._repair_advice()}"
             )
@@ -160,7 +140,7 @@ class ModelRegistry:
     def read_history(self) -> list[Champion]:
         """Every champion.json ever written, oldest first (unreadable entries are skipped)."""
         entries = []
-        for info in self.store.list(self.history_prefix):
+        for info in self.store.list(self.keys.history):
             try:
                 entries.append(Champion.model_validate_json(self.store.get(info.key)))
             except (ObjectNotFound, ValidationError):
@@ -169,7 +149,7 @@ class ModelRegistry:
 
     def newest_logged_champion(self) -> Champion | None:
         """The last champion the history recorded, or None when it recorded none."""
-        keys = [info.key for info in self.store.list(self.history_prefix)]
+        keys = [info.key for info in self.store.list(self.keys.history)]
         for key in reversed(keys):
             try:
                 return Champion.model_validate_json(self.store.get(key))
@@ -178,7 +158,7 @@ class ModelRegistry:
         return None
 
     def manifest(self, version: str) -> Manifest:
-        key = self.file_key(version, "manifest.json")
+        key = self.keys.version_file(version, MANIFEST_FILE)
         try:
             return Manifest.model_validate_json(self.store.get(key))
         except ValidationError as error:
@@ -202,15 +182,15 @@ class ModelRegistry:
                 f"champion {champion.version} of '{self.model_name}' has no manifest: run "
                 "`retrainer verify`, then promote or roll back with --repair"
             ) from None
-        if "model.keras" not in manifest.files:
+        if MODEL_FILE not in manifest.files:
             raise RegistryCorrupt(f"the manifest of champion {champion.version} lists no model")
         return ChampionRecord(
             version=champion.version,
             etag=etag,
             class_names=manifest.class_names,
             work_key=manifest.work_key,
-            model_key=self.file_key(champion.version, "model.keras"),
-            model_sha256=manifest.files["model.keras"].sha256,
+            model_key=self.keys.version_file(champion.version, MODEL_FILE),
+            model_sha256=manifest.files[MODEL_FILE].sha256,
             test_fraction=manifest.parameters.get("test_fraction"),
         )
 
@@ -236,7 +216,7 @@ class ModelRegistry:
         except RegistryCorrupt:
             if not repair:
                 raise
-            current, current_etag = self.newest_logged_champion(), self._etag_of(self.champion_key)
+            current, current_etag = self.newest_logged_champion(), self._etag_of(self.keys.champion)
             expected_etag = current_etag
         if current is not None and (current.version, current.run_id) == (version, run_id):
             self.make_store_match_champion(current)  # the retry finishes what the first try began
@@ -266,7 +246,7 @@ class ModelRegistry:
         except RegistryCorrupt:
             if not repair:
                 raise
-            current, etag = self.newest_logged_champion(), self._etag_of(self.champion_key)
+            current, etag = self.newest_logged_champion(), self._etag_of(self.keys.champion)
             if current is None:
                 target = self.last_good_version()
                 self.check_promotable(target)
@@ -314,7 +294,7 @@ class ModelRegistry:
             )
         self.check_promotable(logged.version)
         self.store.put_if(
-            self.champion_key, champion_body(logged), self._etag_of(self.champion_key)
+            self.keys.champion, champion_body(logged), self._etag_of(self.keys.champion)
         )
         written, _ = self.read_champion()
         if written != logged:
@@ -331,7 +311,7 @@ class ModelRegistry:
             raise BadInput(
                 f"version {version} of '{self.model_name}' is not fully published"
             ) from None
-        prefix = self.version_prefix(version)
+        prefix = self.keys.version(version)
         present = {info.key[len(prefix) :]: info.size for info in self.store.list(prefix)}
         damaged = sorted(
             name for name, entry in manifest.files.items() if present.get(name) != entry.size
@@ -365,7 +345,7 @@ class ModelRegistry:
     def withdrawn_versions(self) -> set[str]:
         return {
             record.version
-            for info in self.store.list(f"{self.root}/works/")
+            for info in self.store.list(self.keys.works)
             if (record := self._read_work_record_at(info.key)) and record.status == "withdrawn"
         }
 
@@ -426,7 +406,7 @@ class ModelRegistry:
             action=action,
             previous=previous,
         )
-        self.store.put_if(self.champion_key, champion_body(champion), expected_etag)
+        self.store.put_if(self.keys.champion, champion_body(champion), expected_etag)
         written, _ = self.read_champion()
         if written is None or (written.version, written.run_id) != (version, run_id):
             raise self._conflict(version)
@@ -444,29 +424,25 @@ class ModelRegistry:
         calls it, so a change cut short by a kill is finished by the next run. Says what it did.
         """
         done = []
-        key = self.history_key(champion.serving_number)
+        key = self.keys.history_entry(champion.serving_number)
         if not self.store.exists(key):
             self.store.put_if(key, champion_body(champion), None)
             done.append(f"recorded champion change {champion.serving_number} in the history")
         return done + self._lay_out_for_serving(champion)
 
-    @property
-    def serving_prefix(self) -> str:
-        """TensorFlow Serving's base path for this model: `serving/<model>/<integer version>/`."""
-        return f"serving/{self.model_name}"
-
     def serving_location(self, champion: Champion) -> str:
         """`serving/<model>/<n>/`, n the champion's generation: TF Serving serves the highest."""
-        return f"{self.serving_prefix}/{champion.serving_number}"
+        return self.keys.served(champion.serving_number)
 
     def _served_folders(self) -> dict[int, dict[str, int]]:
         """Every numbered folder under the serving prefix: its files and their sizes."""
-        prefix = f"{self.serving_prefix}/"
         served: dict[int, dict[str, int]] = defaultdict(dict)
-        for info in self.store.list(prefix):
-            number, _, name = info.key[len(prefix) :].partition("/")
+        for info in self.store.list(f"{self.keys.serving}/"):
+            number = self.keys.served_number_in(info.key)
             if number.isdigit():
-                served[int(number)][name] = info.size
+                served[int(number)][info.key.removeprefix(self.keys.served(int(number)))] = (
+                    info.size
+                )
         return served
 
     def _serving_files(self, manifest: Manifest) -> dict[str, str]:
@@ -492,21 +468,21 @@ class ModelRegistry:
         expected = {name: manifest.files[source].size for name, source in files.items()}
         if served.get(champion.serving_number) != expected:
             for name in sorted(files, key=lambda name: (name == "saved_model.pb", name)):
-                key = self.file_key(champion.version, files[name])
+                key = self.keys.version_file(champion.version, files[name])
                 data = self.store.get(key)
                 if hashlib.sha256(data).hexdigest() != manifest.files[files[name]].sha256:
                     raise ModelIntegrityError(
                         f"{self.store.describe(key)} does not match its manifest: not laid out "
                         "for serving; run `retrainer verify`"
                     )
-                self.store.put(f"{target}/{name}", data)
+                self.store.put(target + name, data)
             done.append(f"laid out version {champion.version} for serving at {target}")
         above = sorted(number for number in served if number > champion.serving_number)
         if above and self.read_champion()[0] == champion:  # not a promotion that just happened
             for number in above:
                 names = sorted(served[number], key=lambda name: name != "saved_model.pb")
                 for name in names:
-                    self.store.delete(f"{self.serving_prefix}/{number}/{name}")
+                    self.store.delete(self.keys.served(number) + name)
             done.append(f"took down served folders above the champion's: {above}")
         return done
 
@@ -514,7 +490,7 @@ class ModelRegistry:
         """One line per way the served folders differ from the champion's SavedModel."""
         manifest = self.manifest(champion.version)
         served = self._served_folders()
-        where = self.store.describe(self.serving_prefix)
+        where = self.store.describe(self.keys.serving)
         if manifest.serving is None:
             return [f"champion {champion.version} has no SavedModel: {where} does not serve it"]
         problems = []
@@ -523,7 +499,7 @@ class ModelRegistry:
                 f"{where}/{max(served)} is served, not the champion's {champion.serving_number}"
             )
         for name, source in sorted(self._serving_files(manifest).items()):
-            key = f"{self.serving_location(champion)}/{name}"
+            key = self.serving_location(champion) + name
             try:
                 data = self.store.get(key)
             except ObjectNotFound:
@@ -534,7 +510,7 @@ class ModelRegistry:
         return problems
 
     def read_json(self, version: str, filename: str) -> dict[str, object]:
-        data = json.loads(self.store.get(self.file_key(version, filename)))
+        data = json.loads(self.store.get(self.keys.version_file(version, filename)))
         assert isinstance(data, dict)
         return data
 
@@ -547,12 +523,11 @@ class ModelRegistry:
 
     def published_versions(self) -> list[str]:
         """Every version with a manifest (fully published), oldest first."""
-        prefix = f"{self.root}/versions/"
         return sorted(
             {
-                info.key[len(prefix) :].split("/", 1)[0]
-                for info in self.store.list(prefix)
-                if info.key.endswith("/manifest.json")
+                self.keys.version_in(info.key)
+                for info in self.store.list(self.keys.versions)
+                if info.key.endswith(f"/{MANIFEST_FILE}")
             }
         )
 
@@ -586,7 +561,7 @@ class ModelRegistry:
         problems = []
         for name, entry in sorted(manifest.files.items()):
             try:
-                data = self.store.get(self.file_key(version, name))
+                data = self.store.get(self.keys.version_file(version, name))
             except ObjectNotFound:
                 problems.append(f"{version}/{name}: missing")
                 continue
@@ -600,7 +575,7 @@ class ModelRegistry:
         A copy that does not match the manifest's sha256 is fetched again; a download that still
         does not match raises ModelIntegrityError and is never loaded.
         """
-        path = models_dir / champion.version / "model.keras"
+        path = models_dir / champion.version / MODEL_FILE
         return self.download_checked(champion.model_key, champion.model_sha256, path)
 
     def download_checked(self, key: str, sha256: str, destination: Path) -> Path:
@@ -618,7 +593,7 @@ class ModelRegistry:
         return destination
 
     def read_work_record(self, work_key: str) -> WorkRecord | None:
-        return self._read_work_record_at(self.work_record_key(work_key))
+        return self._read_work_record_at(self.keys.work_record(work_key))
 
     def _read_work_record_at(self, key: str) -> WorkRecord | None:
         try:
@@ -629,4 +604,4 @@ class ModelRegistry:
             return None  # a record we cannot read only costs a retraining
 
     def write_work_record(self, record: WorkRecord) -> None:
-        self.store.put(self.work_record_key(record.work_key), record.model_dump_json().encode())
+        self.store.put(self.keys.work_record(record.work_key), record.model_dump_json().encode())

@@ -6,7 +6,7 @@ import base64
 import re
 
 from retrainer.records import (
-    Batches,
+    DataSplit,
     GateDecision,
     ModelScores,
     Publication,
@@ -81,7 +81,7 @@ def checks_table(decision: GateDecision) -> list[str]:
 
 def run_report(
     data: ValidatedData,
-    batches: Batches,
+    split: DataSplit,
     trained: TrainedModel,
     decision: GateDecision,
     publication: Publication,
@@ -111,9 +111,9 @@ def run_report(
         "",
         "## Data",
         "",
-        f"{batches.train_count} training, {batches.validation_count} validation and "
-        f"{batches.test_count} test images; "
-        f"per class: {counts}. Fingerprint `{batches.data_fingerprint[:12]}`.",
+        f"{split.train_count} training, {split.validation_count} validation and "
+        f"{split.test_count} test images; "
+        f"per class: {counts}. Fingerprint `{split.data_fingerprint[:12]}`.",
         f"{len(data.quarantined)} file(s) quarantined"
         + listed([(item.path, item.reason) for item in data.quarantined]),
         f"{len(data.prepared.refused)} object(s) refused"

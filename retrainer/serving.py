@@ -1,7 +1,7 @@
 """Serving: every version leaves with a SavedModel that takes encoded image bytes.
 
-The decode and resize training applied (`retrainer.dataset.decode_image` and `resize_image`, the
-functions that prepared every training image) are inside its serving signature, so whoever serves
+The decode and resize training applied (`retrainer.data.image.model_input`, the function that
+prepared every training image) are inside its serving signature, so whoever serves
 the model sends a file's bytes and gets class probabilities and the class names: nothing to
 re-write, nothing to get subtly wrong. The champion is also copied where TensorFlow Serving looks:
 `serving/<model>/<integer version>/`, the integer growing with every promotion and rollback, so
@@ -34,14 +34,14 @@ def export_serving_model(
     import keras
     import tensorflow as tf
 
-    from retrainer.dataset import decode_image, resize_image, within_limits
+    from retrainer.data.image import model_input, within_limits
 
     model = keras.models.load_model(model_path, compile=False)
     names = tf.constant(class_names)
     size = spec.image_size
 
     def prepare(contents: tf.Tensor) -> tf.Tensor:
-        return resize_image(decode_image(within_limits(contents, spec)), size)
+        return model_input(within_limits(contents, spec), spec)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -77,7 +77,9 @@ def download_serving_model(registry: ModelRegistry, version: str, models_dir: Pa
     for name, entry in manifest.files.items():
         if name.startswith(source):
             destination = folder / name[len(source) :]
-            registry.download_checked(registry.file_key(version, name), entry.sha256, destination)
+            registry.download_checked(
+                registry.keys.version_file(version, name), entry.sha256, destination
+            )
     return folder
 
 
@@ -93,7 +95,7 @@ def predict_files(saved_model: Path, images: list[Path]) -> list[Prediction]:
     """Each image through the SavedModel's serving signature, as a server would send it."""
     import tensorflow as tf
 
-    from retrainer.dataset import decode_failure
+    from retrainer.data.image import decode_failure
 
     serve = tf.saved_model.load(str(saved_model)).signatures[SERVING_SIGNATURE.name]
     predictions = []

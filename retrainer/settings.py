@@ -16,11 +16,10 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retrainer.cache import LocalCache
 from retrainer.errors import SettingsError, redact
+from retrainer.layout import DEMO_DATA, LocalCache
 
 ENV_PREFIX = "RETRAINER_"
-DEMO_DATASET_KEY = "datasets/digits"
 DEFAULT_MODEL_FACTORY = "retrainer.models:build_default_model"
 # Keras' MobileNetV3 refuses smaller inputs; EfficientNetV2's blocks shrink them to nothing.
 MIN_BACKBONE_IMAGE_SIZE = 32
@@ -277,7 +276,7 @@ class Settings(TrainingConfig, BaseSettings):
     data_url: str | None = Field(
         None,
         description="Where the images are, one sub-folder per class; default: the demo "
-        f"dataset in the store ({DEMO_DATASET_KEY}).",
+        f"dataset in the store ({DEMO_DATA}).",
     )
     cache_dir: Path = Field(
         Path("./.retrainer/cache"),
@@ -338,7 +337,7 @@ class Settings(TrainingConfig, BaseSettings):
     @model_validator(mode="after")
     def _default_data_url(self) -> Settings:
         if self.data_url is None:
-            self.data_url = join_url(self.store_url, DEMO_DATASET_KEY)
+            self.data_url = join_url(self.store_url, DEMO_DATA)
         return self
 
     @property

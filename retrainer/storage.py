@@ -27,6 +27,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from retrainer.errors import redact
+from retrainer.layout import CONDITIONAL_WRITES_PROBES, CONDITIONAL_WRITES_PROOF
 
 
 def s3_client_config() -> Config:
@@ -52,12 +53,21 @@ class ObjectNotFound(KeyError):
     """No object under that key."""
 
 
+def unavailable(error: BaseException) -> str | None:
+    """Why an object listed a moment ago cannot be read now, if that is what `error` says."""
+    if isinstance(error, ObjectNotFound):
+        return "disappeared between the listing and its download"
+    if isinstance(error, botocore.exceptions.ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("403", "AccessDenied", "Forbidden"):
+            return f"listed, but its download is forbidden ({code}): check the bucket policy"
+    return None
+
+
 class ConditionalWritesIgnored(StoreError):
     """The store accepts conditional writes but does not honour them: no safe promotion."""
 
 
-# Where a store remembers that it passed the conditional-write proof, so it is asked once.
-CONDITIONAL_WRITES_PROOF_KEY = "_retrainer/conditional-writes-proven.json"
 # A 409 ConditionalRequestConflict means "another conditional write to this key is in flight":
 # retried with these pauses (seconds), then decided by what the object finally holds.
 CONFLICT_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
@@ -166,9 +176,9 @@ class ObjectStore(ABC):
         two runs could both "win" a promotion. Proven once per store; the proof is remembered in
         the store itself, so a cold worker does not ask again.
         """
-        if self.exists(CONDITIONAL_WRITES_PROOF_KEY):
+        if self.exists(CONDITIONAL_WRITES_PROOF):  # passed once: asked once
             return
-        probe = f"_retrainer/probes/{uuid.uuid4().hex}"
+        probe = f"{CONDITIONAL_WRITES_PROBES}{uuid.uuid4().hex}"
         try:
             if not self.put_if(probe, b"first", None):
                 raise ConditionalWritesIgnored(f"{self.url}: a create-if-absent write was refused")
@@ -184,7 +194,7 @@ class ObjectStore(ABC):
                 )
         finally:
             self.delete(probe)
-        self.put(CONDITIONAL_WRITES_PROOF_KEY, b'{"if_none_match": true, "if_match": true}')
+        self.put(CONDITIONAL_WRITES_PROOF, b'{"if_none_match": true, "if_match": true}')
 
     def describe(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key

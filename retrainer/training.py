@@ -26,11 +26,11 @@ import tensorflow as tf
 
 from retrainer import Log
 from retrainer.checkpoints import CheckpointMirror
-from retrainer.dataset import input_fn
+from retrainer.data.inputs import input_fn
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
 from retrainer.models import BackboneWeights, build_model, start_fine_tuning
-from retrainer.records import Batches, TrainedModel
+from retrainer.records import DataSplit, TrainedModel
 from retrainer.settings import TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,10 @@ class MirrorCheckpoint(keras.callbacks.Callback):
         )
 
 
-def class_weights(batches: Batches, config: TrainingConfig) -> dict[int, float] | None:
+def class_weights(split: DataSplit, config: TrainingConfig) -> dict[int, float] | None:
     """Weights that make every class count as much in the loss, or None when not wanted or
     the classes are equally frequent already: n / (classes x n of the class)."""
-    counts = [batches.train_per_class[name] for name in batches.class_names]
+    counts = [split.train_per_class[name] for name in split.class_names]
     if config.class_weights == "none" or len(set(counts)) == 1:
         return None
     total = sum(counts)
@@ -119,7 +119,7 @@ def class_weights(batches: Batches, config: TrainingConfig) -> dict[int, float] 
 
 
 def train_model(
-    batches: Batches,
+    split: DataSplit,
     config: TrainingConfig,
     output_dir: Path,
     mirror: CheckpointMirror,
@@ -140,12 +140,12 @@ def train_model(
     strategy = strategy_for(plan)
     # The batch size is per replica: the strategy splits each global batch between them.
     replicas = strategy.num_replicas_in_sync
-    scaled = batches.model_copy(update={"batch_size": batches.batch_size * replicas})
+    scaled = split.model_copy(update={"batch_size": split.batch_size * replicas})
     train = input_fn(scaled, "train", shuffle=True, seed=config.seed)
     validation = input_fn(scaled, "validation", shuffle=False)
     with strategy.scope():
         model, started_from = build_model(
-            config, batches, warm_start, started_from, log, backbone_weights
+            config, split, warm_start, started_from, log, backbone_weights
         )
 
     mirror.local_dir.mkdir(parents=True, exist_ok=True)
@@ -161,10 +161,10 @@ def train_model(
         "Training for %d epochs on %d images, validating on %d, batch size %d (%d per replica "
         "on %d replica(s)), from %s",
         total_epochs,
-        batches.train_count,
-        batches.validation_count,
+        split.train_count,
+        split.validation_count,
         scaled.batch_size,
-        batches.batch_size,
+        split.batch_size,
         replicas,
         started_from,
     )
@@ -185,11 +185,11 @@ def train_model(
                 restore_best_weights=True,
             )
         )
-    weights = class_weights(batches, config)
+    weights = class_weights(split, config)
     if weights:
         log.info(
             "Class weights (balanced from the training counts): %s",
-            ", ".join(f"{batches.class_names[i]} {w:.2f}" for i, w in weights.items()),
+            ", ".join(f"{split.class_names[i]} {w:.2f}" for i, w in weights.items()),
         )
 
     def fit(first_epoch: int, last_epoch: int, stops: list[keras.callbacks.Callback]) -> None:
@@ -210,7 +210,7 @@ def train_model(
             # The same batch on the same card would run out again: not worth a retry.
             raise OutOfDeviceMemory(
                 f"training on {', '.join(plan.devices)} ran out of memory with batches of "
-                f"{scaled.batch_size} images of {batches.image_size} px: lower "
+                f"{scaled.batch_size} images of {split.image_size} px: lower "
                 "RETRAINER_BATCH_SIZE (or RETRAINER_IMAGE_SIZE); the last finished epoch is kept "
                 f"and training resumes there ({str(error.message).splitlines()[0][:200]})"
             ) from None

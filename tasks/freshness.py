@@ -14,7 +14,7 @@ from retrainer.report import artifact_key, skipped_report
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
-from tasks.runtime import current_run_id
+from tasks.runtime import run_folder
 
 
 @task(name="identify work")
@@ -43,7 +43,7 @@ def check_for_changes(
 
 @task(name="report skipped run")
 def report_skipped(skipped: Publication, settings: Settings) -> Publication:
-    shutil.rmtree(settings.cache.run_dir(current_run_id()), ignore_errors=True)
+    shutil.rmtree(run_folder(settings).root, ignore_errors=True)
     create_markdown_artifact(
         markdown=skipped_report(skipped),
         key=artifact_key(skipped.model_name),

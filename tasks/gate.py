@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from retrainer.gating import decide
-from retrainer.records import Batches, ChampionRecord, GateDecision, TrainedModel
+from retrainer.records import ChampionRecord, DataSplit, GateDecision, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import open_store
@@ -20,7 +20,7 @@ from tasks.retries import retry_unless_bad_input
     retry_condition_fn=retry_unless_bad_input,
 )
 def gate(
-    batches: Batches, trained: TrainedModel, champion: ChampionRecord | None, settings: Settings
+    split: DataSplit, trained: TrainedModel, champion: ChampionRecord | None, settings: Settings
 ) -> GateDecision:
     # Keras is imported here, as in the train task: a run that never trains need not load it.
     start_tensorflow()
@@ -30,7 +30,7 @@ def gate(
     registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
     evaluation = evaluate(
         trained.model_path,
-        batches,
+        split,
         registry,
         champion,
         settings.cache.champions_dir,

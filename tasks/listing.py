@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from retrainer.listing import list_data
+from retrainer.data.listing import list_data
 from retrainer.records import DataSnapshot
 from retrainer.settings import Settings
 from retrainer.storage import open_store
 from tasks.retries import retry_unless_bad_input
-from tasks.runtime import current_run_id
+from tasks.runtime import run_folder
 
 
 @task(
@@ -20,8 +20,7 @@ from tasks.runtime import current_run_id
 )
 def list_objects(settings: Settings) -> DataSnapshot:
     log = get_run_logger()
-    listing_path = settings.cache.run_dir(current_run_id()) / "listing.json"
-    snapshot = list_data(open_store(settings.resolved_data_url), listing_path, log)
+    snapshot = list_data(open_store(settings.resolved_data_url), run_folder(settings).listing)
     log.info(
         "Data %s: %d files, fingerprint %s (%d refused)",
         snapshot.source_url,

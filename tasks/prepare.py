@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from retrainer.preparation import (
+from retrainer.data.preparation import (
     mark_reader,
     plan_preparation,
     prepare_chunk,
@@ -29,7 +29,7 @@ def plan(
     snapshot: DataSnapshot, prepared_at: str, spec: PreparationSpec, keep_in: Path | None
 ) -> tuple[PreparedIndex, list[PreparationChunk]]:
     mark_reader(prepared_at, current_run_id())  # before the index is read: gc keeps its shards
-    return plan_preparation(snapshot, prepared_at, spec, keep_in, get_run_logger())
+    return plan_preparation(snapshot, prepared_at, spec, keep_in)
 
 
 @task(
@@ -41,7 +41,7 @@ def plan(
 def prepare(chunk: PreparationChunk) -> PreparedChunk:
     """Runs on a thread of this worker, or on a Dask worker: needs only the stores' URLs."""
     log = get_run_logger()
-    prepared = prepare_chunk(chunk, log)
+    prepared = prepare_chunk(chunk)
     unusable = sum(1 for verdict in prepared.objects.values() if verdict.problem)
     log.info(
         "Prepared %d object(s) and %d carried record(s): %d unusable, %s",
@@ -61,10 +61,10 @@ def record(
     prepared_at: str,
     planned: PreparedIndex,
     results: list[PreparedChunk],
+    index_path: Path,
 ) -> PreparedData:
-    index_path = snapshot.listing_path.with_name("prepared-index.json")
     log = get_run_logger()
-    prepared = record_preparation(snapshot, prepared_at, planned, results, index_path, log)
+    prepared = record_preparation(snapshot, prepared_at, planned, results, index_path)
     log.info(
         "Prepared %d new or changed object(s) into %d shard(s); %d reused from the store",
         prepared.prepared,

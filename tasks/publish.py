@@ -12,7 +12,7 @@ from retrainer.checkpoints import checkpoint_mirror
 from retrainer.events import model_event, model_resource
 from retrainer.publishing import publish_version
 from retrainer.records import (
-    Batches,
+    DataSplit,
     GateDecision,
     Publication,
     TrainedModel,
@@ -24,7 +24,7 @@ from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
 from tasks.lease import model_store
 from tasks.retries import retry_unless_bad_input
-from tasks.runtime import current_run_id
+from tasks.runtime import current_run_id, run_folder
 
 
 @task(
@@ -35,7 +35,7 @@ from tasks.runtime import current_run_id
 )
 def publish(
     data: ValidatedData,
-    batches: Batches,
+    split: DataSplit,
     work: Work,
     trained: TrainedModel,
     decision: GateDecision,
@@ -44,7 +44,7 @@ def publish(
     registry = ModelRegistry(model_store(settings), settings.model_name)
     published = publish_version(
         registry,
-        batches,
+        split,
         trained,
         decision,
         work,
@@ -60,10 +60,10 @@ def publish(
     )
     images = {name: path.read_bytes() for name, path in published.plots.items()}
     create_markdown_artifact(
-        markdown=run_report(data, batches, trained, decision, publication, images),
+        markdown=run_report(data, split, trained, decision, publication, images),
         key=artifact_key(settings.model_name),
         description=publication.message,
     )
     # Everything of this run is in the store now; its local files would only fill the disk.
-    shutil.rmtree(settings.cache.run_dir(current_run_id()), ignore_errors=True)
+    shutil.rmtree(run_folder(settings).root, ignore_errors=True)
     return publication

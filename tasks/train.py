@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from retrainer.checkpoints import checkpoint_mirror
-from retrainer.records import Batches, ChampionRecord, TrainedModel, Work
+from retrainer.records import ChampionRecord, DataSplit, TrainedModel, Work
 from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.tensorflow_runtime import start_tensorflow
 from tasks.lease import model_store
 from tasks.retries import retry_unless_bad_input
-from tasks.runtime import current_run_id, progress_reporter
+from tasks.runtime import progress_reporter, run_folder
 
 
 # A retry resumes from the last finished epoch (checkpoints), so retrying costs one epoch at most.
@@ -19,7 +19,7 @@ from tasks.runtime import current_run_id, progress_reporter
     name="train model", retries=2, retry_delay_seconds=30, retry_condition_fn=retry_unless_bad_input
 )
 def train(
-    batches: Batches, work: Work, champion: ChampionRecord | None, settings: Settings
+    split: DataSplit, work: Work, champion: ChampionRecord | None, settings: Settings
 ) -> TrainedModel:
     # TensorFlow takes seconds and hundreds of MB to import: only the tasks that need it pay,
     # and its start-up noise is kept out of the log.
@@ -31,10 +31,10 @@ def train(
     log = get_run_logger()
     store = model_store(settings)
     mirror = checkpoint_mirror(store, settings.cache_dir, settings.model_name, work.key)
-    output_dir = settings.cache.run_dir(current_run_id())
+    output_dir = run_folder(settings).root
     registry = ModelRegistry(store, settings.model_name)
     warm_start, started_from = find_warm_start(
-        registry, champion, batches, settings.warm_start, settings.cache.champions_dir, log
+        registry, champion, split, settings.warm_start, settings.cache.champions_dir, log
     )
     backbone_weights = (
         fetch_backbone_weights(settings.backbone_weights, settings.cache.backbones_dir, log)
@@ -42,7 +42,7 @@ def train(
         else None
     )
     return train_model(
-        batches,
+        split,
         work.config,
         output_dir,
         mirror,

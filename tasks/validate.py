@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 
+from retrainer.data.validation import validate_data
 from retrainer.records import ChampionRecord, PreparedData, ValidatedData
 from retrainer.settings import Settings
-from retrainer.validation import validate_data
-from tasks.runtime import current_run_id
+from tasks.runtime import run_folder
 
 
 @task(name="validate data")
@@ -16,10 +16,9 @@ def validate(
 ) -> ValidatedData:
     return validate_data(
         prepared,
-        work_dir=settings.cache.run_dir(current_run_id()),
+        usable_path=run_folder(settings).usable_images,
         min_images_per_class=settings.min_images_per_class,
         max_quarantined_fraction=settings.max_quarantined_fraction,
         champion_classes=champion.class_names if champion else None,
         on_class_change=settings.on_class_change,
-        log=get_run_logger(),
     )

@@ -162,7 +162,7 @@ def publish_stub_version(
     if serving is not None and not any(name.startswith(f"{serving.directory}/") for name in files):
         files = {**files, f"{serving.directory}/saved_model.pb": f"graph of {version}".encode()}
     for name, data in files.items():
-        registry.store.put(registry.file_key(version, name), data)
+        registry.store.put(registry.keys.version_file(version, name), data)
     now = datetime.now(UTC)
     manifest = Manifest(
         files={
@@ -187,5 +187,5 @@ def publish_stub_version(
         serving=serving,
     )
     registry.store.put(
-        registry.file_key(version, "manifest.json"), manifest.model_dump_json().encode()
+        registry.keys.version_file(version, "manifest.json"), manifest.model_dump_json().encode()
     )

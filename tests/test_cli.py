@@ -163,11 +163,11 @@ def test_models_as_a_table_and_as_json(
     for version, accuracy in (("20261101T020000Z-aaaaaa", 0.9), ("20261102T020000Z-bbbbbb", 0.8)):
         publish_stub_version(registry, version, {"model.keras": b"w"}, ["a", "b"])
         registry.store.put(
-            registry.file_key(version, "metrics.json"),
+            registry.keys.version_file(version, "metrics.json"),
             json.dumps({"test_accuracy": accuracy, "test_loss": 0.3}).encode(),
         )
     registry.store.put(
-        registry.file_key("20261102T020000Z-bbbbbb", "decision.json"),
+        registry.keys.version_file("20261102T020000Z-bbbbbb", "decision.json"),
         b'{"passed": false, "reason": "rejected: test_accuracy 0.8000 < 0.8500"}',
     )
     registry.promote("20261101T020000Z-aaaaaa", "run", "passed", None)

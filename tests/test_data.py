@@ -20,26 +20,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retrainer.cache import LocalCache
-from retrainer.dataset import input_fn, read_split, split_data, subset_of
+from retrainer.data.inputs import input_fn
+from retrainer.data.listing import list_data
+from retrainer.data.local import prepare_here
+from retrainer.data.preparation import CHUNK_OBJECTS, mark_reader, unmark_reader
+from retrainer.data.shards import ShardCorrupt, fetch_shards, shard_key
+from retrainer.data.splits import read_split, split_data, subset_of
+from retrainer.data.validation import compare_class_sets, validate_data
 from retrainer.errors import DataError
 from retrainer.gc import collect_garbage
-from retrainer.listing import list_data
-from retrainer.local import prepare_here
-from retrainer.preparation import (
-    CHUNK_OBJECTS,
-    INDEX_KEY,
-    ShardCorrupt,
-    fetch_shards,
-    mark_reader,
-    shard_key,
-    unmark_reader,
-)
-from retrainer.records import Batches, DataSnapshot, PreparationSpec, PreparedData, ValidatedData
+from retrainer.layout import PREPARED_INDEX, LocalCache, RunFolder
+from retrainer.records import DataSnapshot, DataSplit, PreparationSpec, PreparedData, ValidatedData
 from retrainer.registry import ModelRegistry
 from retrainer.settings import TrainingConfig
 from retrainer.storage import LocalStore, ObjectStore, S3Store, open_store
-from retrainer.validation import compare_class_sets, validate_data
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
 from tests.conftest import digit_images, put_all, write_files
 
@@ -52,14 +46,16 @@ def listing_of(store: ObjectStore, tmp_path: Path) -> DataSnapshot:
 
 
 def prepare(store: ObjectStore, tmp_path: Path, spec: PreparationSpec = SPEC) -> PreparedData:
-    return prepare_here(listing_of(store, tmp_path), str(tmp_path / "registry"), spec)
+    snapshot = listing_of(store, tmp_path)
+    index_path = RunFolder(snapshot.listing_path.parent).prepared_index
+    return prepare_here(snapshot, str(tmp_path / "registry"), spec, index_path)
 
 
-def batches_of(data: ValidatedData, tmp_path: Path, validation: float, test: float) -> Batches:
+def split_of(data: ValidatedData, tmp_path: Path, validation: float, test: float) -> DataSplit:
     """Split `data`, reading shards from a new, empty cache folder (a cold worker)."""
     cache = tmp_path / f"cache-{uuid.uuid4().hex[:8]}"
     shards = fetch_shards(data.prepared, cache / "shards")
-    return split_data(data, shards, cache, 8, validation, test)
+    return split_data(data, shards, cache / "split.json", 8, validation, test)
 
 
 def test_the_listing_reads_every_page(bucket: str, tmp_path: Path) -> None:
@@ -142,7 +138,8 @@ def test_an_object_that_vanishes_between_listing_and_preparation_is_refused_not_
     snapshot = listing_of(LocalStore(folder), tmp_path)
     (folder / "0" / "001.png").unlink()
 
-    prepared = prepare_here(snapshot, str(tmp_path / "registry"), SPEC)
+    index_path = RunFolder(snapshot.listing_path.parent).prepared_index
+    prepared = prepare_here(snapshot, str(tmp_path / "registry"), SPEC, index_path)
 
     assert [item.key for item in prepared.refused] == ["0/001.png"]
     assert "disappeared between the listing and its download" in prepared.refused[0].reason
@@ -166,12 +163,12 @@ def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names_nor
     (new_shard,) = index.shards
     assert new_shard != old_shard and index.shards[new_shard].records == 32
     assert {entry.shard for entry in index.objects.values()} == {new_shard}
-    data = validate_data(compacted, tmp_path, 5, 0.0)
-    batches = batches_of(data, tmp_path, 0.3, 0.3)
+    data = validate_data(compacted, tmp_path / "usable.json", 5, 0.0)
+    data_split = split_of(data, tmp_path, 0.3, 0.3)
     images = sum(
         len(labels)
         for subset in ("train", "validation", "test")
-        for _, labels in input_fn(batches, subset, shuffle=False)
+        for _, labels in input_fn(data_split, subset, shuffle=False)
     )
     assert images == 32
 
@@ -240,7 +237,7 @@ def test_a_new_night_prepares_only_new_objects_in_chunks_of_bounded_size(tmp_pat
     after = {info.key for info in store.list("prepared/")}
     new = sorted(after - before)
     assert len(new) == 1 and new[0].endswith(".tfrecord")  # the index was rewritten in place
-    assert any(key.endswith(INDEX_KEY) for key in before)
+    assert any(key.endswith(PREPARED_INDEX) for key in before)
 
 
 def image_bytes(mode: str, image_format: str) -> bytes:
@@ -267,12 +264,12 @@ def test_formats_and_channels_are_accepted_and_decode_to_rgb(tmp_path: Path) -> 
         name.format(index): image_bytes(*kind) for name, kind in kinds.items() for index in range(4)
     }
     prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
-    data = validate_data(prepared, tmp_path, 1, 0.0)
+    data = validate_data(prepared, tmp_path / "usable.json", 1, 0.0)
     assert data.quarantined == []
     assert data.images_per_class == {"a": 12, "b": 12}
-    batches = batches_of(data, tmp_path, 0.3, 0.3)
+    data_split = split_of(data, tmp_path, 0.3, 0.3)
     for subset in ("train", "validation", "test"):
-        for images, _ in input_fn(batches, subset, shuffle=False):
+        for images, _ in input_fn(data_split, subset, shuffle=False):
             assert images.shape[1:] == (16, 16, 3)
             assert images.dtype.name == "uint8"
 
@@ -283,7 +280,7 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path: Path) -> None:
     bad = {"0/empty.png": b"", "1/notes.png": b"not an image", "1/cut.png": png[: len(png) // 2]}
     bad["stray.png"] = png
     prepared = prepared_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
-    data = validate_data(prepared, tmp_path, 5, 0.2)
+    data = validate_data(prepared, tmp_path / "usable.json", 5, 0.2)
     reasons = {item.path: item.reason for item in data.quarantined}
     assert reasons["0/empty.png"] == "empty file"
     assert reasons["1/notes.png"] == "not an image"
@@ -303,7 +300,7 @@ def test_files_pillow_reads_but_training_cannot_are_quarantined_by_the_training_
         "1/bad-crc.png": bad_checksum_png(),
     }
     prepared = prepared_of(write_files(tmp_path / "data", {**good, **bad}), tmp_path)
-    data = validate_data(prepared, tmp_path, 5, 0.2)
+    data = validate_data(prepared, tmp_path / "usable.json", 5, 0.2)
 
     reasons = {item.path: item.reason for item in data.quarantined}
     assert reasons["0/bomb.png"].startswith("declares too many pixels to decode safely")
@@ -311,9 +308,9 @@ def test_files_pillow_reads_but_training_cannot_are_quarantined_by_the_training_
     assert reasons["1/rle.bmp"].startswith("does not decode: Input size should match")
     assert reasons["1/bad-crc.png"] == "does not decode: Invalid PNG data, size 852"
     # What passed decodes in training: one epoch over every accepted image.
-    batches = batches_of(data, tmp_path, 0.15, 0.2)
+    data_split = split_of(data, tmp_path, 0.15, 0.2)
     for subset in ("train", "validation", "test"):
-        assert sum(len(labels) for _, labels in input_fn(batches, subset, shuffle=False)) > 0
+        assert sum(len(labels) for _, labels in input_fn(data_split, subset, shuffle=False)) > 0
 
 
 def test_the_limits_are_settings_and_a_changed_rule_prepares_every_file_again(
@@ -324,12 +321,13 @@ def test_the_limits_are_settings_and_a_changed_rule_prepares_every_file_again(
     big.save(buffer, format="PNG")
     files = {**digit_images(classes=2, per_class=10), "0/big.png": buffer.getvalue()}
     prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
-    assert validate_data(prepared, tmp_path, 5, 0.2).quarantined == []
+    assert validate_data(prepared, tmp_path / "usable.json", 5, 0.2).quarantined == []
 
     strict = SPEC.model_copy(update={"max_image_bytes": 10_000, "max_image_pixels": 1000})
     again = prepared_of(tmp_path / "data", tmp_path, strict)
     reasons = {
-        item.path: item.reason for item in validate_data(again, tmp_path, 5, 0.2).quarantined
+        item.path: item.reason
+        for item in validate_data(again, tmp_path / "usable.json", 5, 0.2).quarantined
     }
     assert reasons["0/big.png"] == (
         "declares 40x40 pixels, more than RETRAINER_MAX_IMAGE_PIXELS (1,000)"
@@ -341,17 +339,17 @@ def test_too_many_bad_files_stop_the_run(tmp_path: Path) -> None:
     files = {**digit_images(classes=2, per_class=5), **{f"0/bad{i}.png": b"" for i in range(5)}}
     prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
     with pytest.raises(DataError, match="5 of 15 files are unusable"):
-        validate_data(prepared, tmp_path, 1, 0.1)
+        validate_data(prepared, tmp_path / "usable.json", 1, 0.1)
 
 
 def test_one_class_or_a_small_class_stops_the_run(tmp_path: Path) -> None:
     one = prepared_of(write_files(tmp_path / "one", digit_images(1, 10)), tmp_path / "x")
     with pytest.raises(DataError, match="at least two"):
-        validate_data(one, tmp_path, 1, 0.1)
+        validate_data(one, tmp_path / "usable.json", 1, 0.1)
     files = {**digit_images(1, 10), "1/000.png": digit_images(2, 1)["1/000.png"]}
     small = prepared_of(write_files(tmp_path / "small", files), tmp_path / "y")
     with pytest.raises(DataError, match=r"fewer than 5 images: 1 \(1\)"):
-        validate_data(small, tmp_path, 5, 0.1)
+        validate_data(small, tmp_path / "usable.json", 5, 0.1)
 
 
 def test_class_set_change_fails_loudly_by_default_or_is_reported() -> None:
@@ -368,10 +366,10 @@ def test_an_image_never_changes_split_as_the_dataset_grows(tmp_path: Path) -> No
     folder = write_files(tmp_path / "data", first_half)
 
     def split_now() -> dict[str, set[str]]:
-        data = validate_data(prepared_of(folder, tmp_path), tmp_path, 5, 0.1)
-        split = read_split(batches_of(data, tmp_path, 0.15, 0.2))
+        data = validate_data(prepared_of(folder, tmp_path), tmp_path / "usable.json", 5, 0.1)
+        split_file = read_split(split_of(data, tmp_path, 0.15, 0.2))
         return {
-            name: {example.key for example in split.subset(name)}
+            name: {example.key for example in split_file.subset(name)}
             for name in ("train", "validation", "test")
         }
 
@@ -388,12 +386,12 @@ def test_changing_the_fractions_on_unchanged_data_changes_what_input_fn_yields(
     tmp_path: Path,
 ) -> None:
     folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=60))
-    data = validate_data(prepared_of(folder, tmp_path), tmp_path, 5, 0.1)
+    data = validate_data(prepared_of(folder, tmp_path), tmp_path / "usable.json", 5, 0.1)
     shards = fetch_shards(data.prepared, tmp_path / "cache")
 
     def training_images(validation_fraction: float) -> int:
-        batches = split_data(data, shards, tmp_path, 8, validation_fraction, 0.2)
-        return sum(len(labels) for _, labels in input_fn(batches, "train", shuffle=False))
+        data_split = split_data(data, shards, tmp_path / "split.json", 8, validation_fraction, 0.2)
+        return sum(len(labels) for _, labels in input_fn(data_split, "train", shuffle=False))
 
     few_held_out, many_held_out = training_images(0.1), training_images(0.5)
     assert many_held_out < few_held_out  # no stale split was reused
@@ -401,7 +399,7 @@ def test_changing_the_fractions_on_unchanged_data_changes_what_input_fn_yields(
 
 SUBSETS_IN_ANOTHER_PROCESS = """
 import sys
-from retrainer.dataset import subset_of
+from retrainer.data.splits import subset_of
 print(",".join(subset_of(f"class/{i}.png", 0.15, 0.2) for i in range(2000)))
 """
 

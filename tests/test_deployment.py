@@ -21,6 +21,7 @@ import pytest
 import yaml
 from prefect.client.schemas.objects import FlowRun
 
+import retrainer
 from tests.conftest import digit_images, free_port, write_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -76,11 +77,25 @@ def flow_run_state(env: dict[str, str], flow_run_id: str) -> str:
         return str(json.load(answer)["state_type"])
 
 
+def run_log(env: dict[str, str], flow_run_id: str) -> str:
+    """Every line of a flow run's log in the Prefect API, as the UI shows them."""
+    query = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
+    request = urllib.request.Request(
+        f"{env['PREFECT_API_URL']}/logs/filter",
+        data=json.dumps(query).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        return "\n".join(line["message"] for line in json.load(answer))
+
+
 @pytest.mark.slow
 def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     prefect_server: dict[str, str], tmp_path: Path
 ) -> None:
     data = write_files(tmp_path / "images", digit_images(classes=3, per_class=60))
+    # Not inherited from this process: the deployment itself routes the stages' log lines.
+    prefect_server.pop("PREFECT_LOGGING_EXTRA_LOGGERS", None)
     env = {
         **prefect_server,
         "RETRAINER_WORK_POOL": "e2e-process",
@@ -126,6 +141,7 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     prefect(env, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
 
     assert flow_run_state(env, flow_run_id) == "COMPLETED"
+    assert "Validated 180 images in 3 classes" in run_log(env, flow_run_id)  # a module logger
     champion = json.loads((tmp_path / "store/models/deployed/champion.json").read_text())
     assert (
         tmp_path / f"store/models/deployed/versions/{champion['version']}/model.keras"
@@ -157,6 +173,11 @@ def test_deployment_files_parse_and_the_schedule_is_nightly() -> None:
     (nightly,) = config["deployments"]
     assert nightly["schedules"][0] == {"cron": "0 2 * * *", "timezone": "UTC", "active": True}
     assert nightly["concurrency_limit"]["limit"] == 1
+    # The stages' module loggers reach the run log wherever the flow runs.
+    extra_loggers = nightly["work_pool"]["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"]
+    assert extra_loggers == retrainer.__name__
+    dockerfile = (REPOSITORY / "deploy" / "Dockerfile").read_text()
+    assert f"PREFECT_LOGGING_EXTRA_LOGGERS={retrainer.__name__} " in dockerfile
     for path in (REPOSITORY / "deploy").iterdir():
         if path.suffix == ".json":
             json.loads(path.read_text())

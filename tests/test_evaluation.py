@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from retrainer.data.local import split_here
 from retrainer.evaluation import (
     ChampionUnavailable,
     Evaluation,
@@ -16,9 +17,8 @@ from retrainer.evaluation import (
     predict,
     score_predictions,
 )
-from retrainer.local import batches_here
 from retrainer.models import build_default_model
-from retrainer.records import Batches
+from retrainer.records import DataSplit
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings, TrainingConfig
 from retrainer.storage import LocalStore
@@ -26,10 +26,10 @@ from tests.conftest import digit_images, publish_stub_version, write_files
 
 
 @pytest.fixture
-def batches(tmp_path: Path) -> Batches:
+def data_split(tmp_path: Path) -> DataSplit:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
     config = TrainingConfig(image_size=16, batch_size=8, validation_fraction=0.3, test_fraction=0.3)
-    return batches_here(str(folder), str(tmp_path / "prepared"), tmp_path / "w", config)
+    return split_here(str(folder), str(tmp_path / "prepared"), tmp_path / "w", config)
 
 
 def saved_model(path: Path, seed: int) -> Path:
@@ -44,10 +44,10 @@ def registry(tmp_path: Path) -> ModelRegistry:
 
 
 def evaluated(
-    candidate: Path, batches: Batches, registry: ModelRegistry, models: Path
+    candidate: Path, data_split: DataSplit, registry: ModelRegistry, models: Path
 ) -> Evaluation:
     champion = registry.read_champion_record()
-    return evaluate(candidate, batches, registry, champion, models, GateSettings(), seed=0)
+    return evaluate(candidate, data_split, registry, champion, models, GateSettings(), seed=0)
 
 
 def champion_of(
@@ -58,53 +58,53 @@ def champion_of(
 
 
 def test_the_champion_is_scored_on_the_same_images(
-    batches: Batches, registry: ModelRegistry, tmp_path: Path
+    data_split: DataSplit, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_file = saved_model(tmp_path / "champion.keras", seed=2)
     champion_of(registry, champion_file.read_bytes())
 
-    evaluation = evaluated(candidate, batches, registry, tmp_path / "models")
+    evaluation = evaluated(candidate, data_split, registry, tmp_path / "models")
 
     # Two different models: each side's scores are that model's own, on the test images.
     model = keras.models.load_model(champion_file, compile=False)
-    direct = score_predictions(*predict(model, batches, "test"), batches.class_names)
+    direct = score_predictions(*predict(model, data_split, "test"), data_split.class_names)
     assert evaluation.champion == direct
     assert not np.isclose(direct.loss, evaluation.candidate.loss)
-    assert evaluation.test_images == batches.test_count
-    assert evaluation.tests["accuracy"].images == batches.test_count
+    assert evaluation.test_images == data_split.test_count
+    assert evaluation.tests["accuracy"].images == data_split.test_count
     assert evaluation.note.startswith("compared with champion v1 on the same test images")
 
 
 def test_a_champion_of_other_classes_is_left_out_with_the_reason(
-    batches: Batches, registry: ModelRegistry, tmp_path: Path
+    data_split: DataSplit, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_of(registry, candidate.read_bytes(), classes=["cat", "dog"])
-    evaluation = evaluated(candidate, batches, registry, tmp_path / "models")
+    evaluation = evaluated(candidate, data_split, registry, tmp_path / "models")
     assert evaluation.champion is None
     assert "was trained on classes ['cat', 'dog']" in evaluation.note
     assert evaluation.note.endswith("decided by the absolute thresholds alone")
 
 
 def test_an_unloadable_champion_fails_the_gate_closed(
-    batches: Batches, registry: ModelRegistry, tmp_path: Path
+    data_split: DataSplit, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_of(registry, b"not a keras file")
     with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
-        evaluated(candidate, batches, registry, tmp_path / "m")
+        evaluated(candidate, data_split, registry, tmp_path / "m")
 
 
 def test_a_champion_model_that_differs_from_its_manifest_is_never_loaded(
-    batches: Batches, registry: ModelRegistry, tmp_path: Path
+    data_split: DataSplit, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_of(registry, candidate.read_bytes())
     # Another valid model file in place of the published one: loadable, but not what was gated.
     other = saved_model(tmp_path / "other.keras", seed=3)
-    registry.store.upload(registry.file_key("v1", "model.keras"), other)
+    registry.store.upload(registry.keys.version_file("v1", "model.keras"), other)
 
     with pytest.raises(ChampionUnavailable, match="does not match the sha256 in its manifest"):
-        evaluated(candidate, batches, registry, tmp_path / "m")
+        evaluated(candidate, data_split, registry, tmp_path / "m")
     assert not list((tmp_path / "m").rglob("model.keras")), "a mismatching file was kept"

@@ -10,8 +10,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from retrainer.data.local import split_here
 from retrainer.evaluation import ChampionUnavailable, evaluate
-from retrainer.local import batches_here
 from retrainer.models import build_default_model
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings, TrainingConfig
@@ -41,10 +41,10 @@ def test_store_operations_survive_faults(
     store.download("models/model.bin", tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
     config = TrainingConfig(image_size=8, validation_fraction=0.3, test_fraction=0.3)
-    batches = batches_here(
+    data_split = split_here(
         f"s3://{bucket}/flaky/data", f"s3://{bucket}/flaky", tmp_path, config, 1, 0.0
     )
-    assert batches.train_count + batches.validation_count + batches.test_count == 20
+    assert data_split.train_count + data_split.validation_count + data_split.test_count == 20
     assert len(proxy.faults_served) >= 10, "the proxy did not misbehave"
 
 
@@ -138,7 +138,7 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
 ) -> None:
     folder = write_files(tmp_path / "images", digit_images(classes=2, per_class=20))
     config = TrainingConfig(image_size=16, batch_size=8, validation_fraction=0.3, test_fraction=0.3)
-    batches = batches_here(str(folder), str(tmp_path / "prepared"), tmp_path / "w", config)
+    data_split = split_here(str(folder), str(tmp_path / "prepared"), tmp_path / "w", config)
     build_default_model((16, 16, 3), 2).save(tmp_path / "model.keras")
     registry = ModelRegistry(S3Store(bucket, "registry"), "m")
     publish_stub_version(
@@ -155,7 +155,7 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
     with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
         evaluate(
             tmp_path / "model.keras",
-            batches,
+            data_split,
             unreachable,
             champion,
             tmp_path / "models",

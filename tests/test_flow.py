@@ -26,13 +26,14 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.prepare import prepare_dataset, task_runner_for
 from flows.retrain import retrain
-from retrainer import preparation
 from retrainer.cli import main
-from retrainer.dataset import input_fn, subset_of
+from retrainer.data import preparation
+from retrainer.data.inputs import input_fn
+from retrainer.data.listing import list_data
+from retrainer.data.local import split_here
+from retrainer.data.splits import subset_of
 from retrainer.freshness import identify_work
 from retrainer.lease import ModelLease
-from retrainer.listing import list_data
-from retrainer.local import batches_here
 from retrainer.registry import ModelRegistry
 from retrainer.serving import SERVING_SIGNATURE
 from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
@@ -95,9 +96,9 @@ def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: P
 def accuracy_on_test_split(model_file: str, data_url: str, tmp_path: Path) -> float:
     """Score a model on the test split, built by the project's own input function."""
     config = TrainingConfig(image_size=16, batch_size=16)
-    batches = batches_here(data_url, str(tmp_path / "eval-store"), tmp_path / "eval-work", config)
+    data_split = split_here(data_url, str(tmp_path / "eval-store"), tmp_path / "eval-work", config)
     model = keras.models.load_model(model_file)
-    _, accuracy = model.evaluate(input_fn(batches, "test", shuffle=False), verbose=0)
+    _, accuracy = model.evaluate(input_fn(data_split, "test", shuffle=False), verbose=0)
     return float(accuracy)
 
 
@@ -439,7 +440,7 @@ NIGHT_WITH_NOTHING_NEW = """
 import sys
 from flows.prepare import prepare_dataset, task_runner_for
 from flows.retrain import retrain
-from retrainer import preparation
+from retrainer.data import preparation
 
 publication = retrain()
 print("STATUS", publication.status)

@@ -9,9 +9,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from retrainer.cache import LocalCache
 from retrainer.cli import main
 from retrainer.gc import collect_garbage
+from retrainer.layout import LocalCache
 from retrainer.records import WorkRecord
 from retrainer.registry import ModelRegistry
 from retrainer.storage import LocalStore, S3Store
@@ -37,10 +37,10 @@ def registry(tmp_path: Path) -> ModelRegistry:
         publish_stub_version(registry, version, {"model.keras": version.encode()}, ["x", "y"])
     for champion in (f"{OLD}-a", f"{OLD}-c"):  # a stays in the champion's history
         registry.promote(champion, "run", "passed", registry.read_champion()[1])
-    registry.store.put(registry.file_key(f"{OLD}-z", "model.keras"), b"half a publication")
-    age(registry.store.root / registry.version_prefix(f"{OLD}-z"), days=2)
+    registry.store.put(registry.keys.version_file(f"{OLD}-z", "model.keras"), b"half a publication")
+    age(registry.store.root / registry.keys.version(f"{OLD}-z"), days=2)
     # Still uploading, maybe by a run whose lease lapsed in an outage: too young to be collected.
-    registry.store.put(registry.file_key(f"{RECENT}-y", "model.keras"), b"being uploaded")
+    registry.store.put(registry.keys.version_file(f"{RECENT}-y", "model.keras"), b"being uploaded")
     registry.write_work_record(
         WorkRecord(
             work_key="f" * 64, version=f"{OLD}-b", status="rejected", reason="r", finished_at=NOW
@@ -52,7 +52,7 @@ def registry(tmp_path: Path) -> ModelRegistry:
     assert isinstance(registry.store, LocalStore)
     age(registry.store.root / "checkpoints/m" / ("a" * 32), days=40)
     age(registry.store.root / "checkpoints/m" / ("f" * 32), days=5)  # before the work finished
-    age(registry.store.root / registry.work_record_key("f" * 64), days=3)
+    age(registry.store.root / registry.keys.work_record("f" * 64), days=3)
     return registry
 
 
@@ -60,24 +60,24 @@ def test_gc_keeps_the_champion_its_history_the_newest_unpromoted_and_young_uploa
     registry: ModelRegistry, tmp_path: Path
 ) -> None:
     cache = LocalCache(tmp_path / "cache")
-    (cache.run_dir("crashed") / "model.keras").parent.mkdir(parents=True)
-    (cache.run_dir("crashed") / "model.keras").write_bytes(b"x")
-    age(cache.run_dir("crashed"), days=2)
-    (cache.run_dir("live") / "split.json").parent.mkdir(parents=True)
-    (cache.run_dir("live") / "split.json").write_bytes(b"x")
+    (cache.run("crashed").root / "model.keras").parent.mkdir(parents=True)
+    (cache.run("crashed").root / "model.keras").write_bytes(b"x")
+    age(cache.run("crashed").root, days=2)
+    (cache.run("live").root / "split.json").parent.mkdir(parents=True)
+    (cache.run("live").root / "split.json").write_bytes(b"x")
 
     planned = collect_garbage(
         registry, cache, keep=2, older_than=timedelta(days=30), dry_run=True, now=NOW
     )
-    assert registry.store.exists(registry.file_key(f"{OLD}-z", "model.keras"))
+    assert registry.store.exists(registry.keys.version_file(f"{OLD}-z", "model.keras"))
     removed = collect_garbage(
         registry, cache, keep=2, older_than=timedelta(days=30), dry_run=False, now=NOW
     )
 
     assert removed == planned
     assert registry.published_versions() == [f"{OLD}-a", f"{OLD}-c", f"{OLD}-e", f"{RECENT}-f"]
-    assert not list(registry.store.list(registry.version_prefix(f"{OLD}-z")))
-    assert registry.store.exists(registry.file_key(f"{RECENT}-y", "model.keras"))
+    assert not list(registry.store.list(registry.keys.version(f"{OLD}-z")))
+    assert registry.store.exists(registry.keys.version_file(f"{RECENT}-y", "model.keras"))
     assert sorted(info.key.split("/")[2] for info in registry.store.list("checkpoints/")) == [
         "b" * 32
     ]
@@ -126,12 +126,12 @@ def test_verify_names_each_problem_and_exits_1(
     assert main(["verify", "--all"]) == 0
     assert "no problem" in capsys.readouterr().out
 
-    registry.store.put(registry.file_key(f"{OLD}-c", "model.keras"), b"bit rot")
+    registry.store.put(registry.keys.version_file(f"{OLD}-c", "model.keras"), b"bit rot")
     assert main(["verify"]) == 1
     assert capsys.readouterr().out.splitlines() == [
         f"{OLD}-c/model.keras: sha256 differs from the manifest's"
     ]
-    registry.store.put(registry.champion_key, b"{")
+    registry.store.put(registry.keys.champion, b"{")
     assert main(["verify"]) == 1
     assert "champion.json is unreadable" in capsys.readouterr().out
     assert main(["promote", f"{OLD}-e", "--reason", "x"]) == 1

@@ -294,9 +294,9 @@ def lose_the_champion_pointer(months: Months) -> None:
     if champion is None:
         return unchanged_night(months)
     if months.rng.random() < 0.5:
-        months.registry.store.delete(months.registry.champion_key)  # a lifecycle rule
+        months.registry.store.delete(months.registry.keys.champion)  # a lifecycle rule
     else:
-        months.registry.store.put(months.registry.champion_key, b'{"version": "torn')
+        months.registry.store.put(months.registry.keys.champion, b'{"version": "torn')
     with pytest.raises(RegistryCorrupt, match="retrainer repair"):
         retrain(ONE_EPOCH)  # never "first model"
     assert main(["repair"]) == 0, months.context()

@@ -15,8 +15,8 @@ from retrainer.evaluation import score_predictions
 from retrainer.gating import decide
 from retrainer.publishing import promote_if_passed
 from retrainer.records import (
-    Batches,
     DataSnapshot,
+    DataSplit,
     GateDecision,
     PreparationSpec,
     PreparedData,
@@ -114,7 +114,7 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
         usable_path=Path("/run/usable-images.json"),
         quarantined=[QuarantinedFile(path="dog/broken.jpg", reason="does not decode")],
     )
-    batches = Batches(
+    data_split = DataSplit(
         split_path=Path("/cache/split.json"),
         class_names=CLASSES,
         preprocessing=prepared.spec,
@@ -143,7 +143,7 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
     )
     published = unpromoted("v2").model_copy(update={"status": "promoted"})
 
-    report = run_report(data, batches, trained, decision, published, {"curves.png": PNG})
+    report = run_report(data, data_split, trained, decision, published, {"curves.png": PNG})
 
     assert report.startswith("# Retrain of `m`: promoted to champion")
     assert f"**Decision:** {decision.reason}" in report

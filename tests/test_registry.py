@@ -135,16 +135,16 @@ def test_a_champion_model_is_downloaded_once_and_checked(tmp_path: Path) -> None
     assert champion is not None
 
     first = registry.download_champion_model(champion, tmp_path / "models")
-    store.delete(registry.file_key("v1", "model.keras"))
+    store.delete(registry.keys.version_file("v1", "model.keras"))
     assert registry.download_champion_model(champion, tmp_path / "models") == first  # kept
     assert first.read_bytes() == weights
 
     first.write_bytes(b"truncated")  # a damaged local copy is fetched again
-    store.put(registry.file_key("v1", "model.keras"), weights)
+    store.put(registry.keys.version_file("v1", "model.keras"), weights)
     assert registry.download_champion_model(champion, tmp_path / "models").read_bytes() == weights
 
     first.unlink()
-    store.put(registry.file_key("v1", "model.keras"), b"tampered")
+    store.put(registry.keys.version_file("v1", "model.keras"), b"tampered")
     with pytest.raises(ModelIntegrityError, match="does not match the sha256"):
         registry.download_champion_model(champion, tmp_path / "models")
     assert not first.exists()
@@ -172,7 +172,9 @@ def publish_passed(registry: ModelRegistry, *versions: str) -> None:
     """Versions whose gate passed, each of its own work."""
     for version in versions:
         publish_stub_version(registry, version, {"model.keras": version.encode()}, ["a", "b"])
-        registry.store.put(registry.file_key(version, "decision.json"), b'{"passed": true}')
+        registry.store.put(
+            registry.keys.version_file(version, "decision.json"), b'{"passed": true}'
+        )
 
 
 def promote_in_turn(registry: ModelRegistry, *versions: str) -> None:
@@ -186,7 +188,7 @@ def test_a_torn_champion_pointer_stops_reads_and_a_repair_continues_its_history(
     registry = ModelRegistry(store, "m")
     publish_passed(registry, "v1", "v2")
     promote_in_turn(registry, "v1")
-    store.put(registry.champion_key, b'{"version": "v1", "trunc')
+    store.put(registry.keys.champion, b'{"version": "v1", "trunc')
 
     with pytest.raises(RegistryCorrupt, match=r"champion.json is unreadable.*retrainer repair"):
         registry.read_champion_record()
@@ -212,7 +214,7 @@ def test_rollback_repair_of_a_torn_pointer_never_promotes_what_was_rolled_back(
     store: ObjectStore,
 ) -> None:
     registry = v3_rolled_back_to_v2(store)
-    store.put(registry.champion_key, b"garbage")
+    store.put(registry.keys.champion, b"garbage")
 
     repaired = registry.rollback("operator", "v2 too", repair=True)
 
@@ -225,9 +227,9 @@ def test_rollback_repair_without_a_history_picks_the_newest_passed_version_not_w
     store: ObjectStore,
 ) -> None:
     registry = v3_rolled_back_to_v2(store)
-    for info in list(store.list(registry.history_prefix)):  # a store from before the history
+    for info in list(store.list(registry.keys.history)):  # a store from before the history
         store.delete(info.key)
-    store.put(registry.champion_key, b"garbage")
+    store.put(registry.keys.champion, b"garbage")
 
     repaired = registry.rollback("operator", "pointer lost", repair=True)
 
@@ -241,14 +243,14 @@ def test_a_missing_champion_pointer_after_promotions_is_a_registry_problem_not_a
     registry = ModelRegistry(store, "m")
     publish_passed(registry, "v1", "v2")
     promote_in_turn(registry, "v1", "v2")
-    before = store.get(registry.champion_key)
-    store.delete(registry.champion_key)  # by hand, or a lifecycle rule
+    before = store.get(registry.keys.champion)
+    store.delete(registry.keys.champion)  # by hand, or a lifecycle rule
 
     with pytest.raises(RegistryCorrupt, match=r"champion.json is missing.*version v2.*repair"):
         registry.read_champion_record()
 
     restored = registry.restore_champion()
-    assert restored.version == "v2" and store.get(registry.champion_key) == before
+    assert restored.version == "v2" and store.get(registry.keys.champion) == before
     with pytest.raises(ValueError, match="nothing to do"):
         registry.restore_champion()
 
@@ -310,14 +312,16 @@ def test_a_version_with_missing_files_or_no_saved_model_is_never_promoted(
     publish_passed(registry, "v1", "v2")
     publish_stub_version(registry, "old", {"model.keras": b"k"}, ["a", "b"], serving=None)
     promote_in_turn(registry, "v1")
-    store.delete(registry.file_key("v2", "model.keras"))  # e.g. collected while it was published
-    champion_before = store.get(registry.champion_key)
+    store.delete(
+        registry.keys.version_file("v2", "model.keras")
+    )  # e.g. collected while it was published
+    champion_before = store.get(registry.keys.champion)
 
     with pytest.raises(ValueError, match=r"v2 .* missing or has damaged files \(model.keras\)"):
         registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
     with pytest.raises(ValueError, match="before versions carried a SavedModel"):
         registry.promote("old", "operator", "override", registry.read_champion()[1])
-    assert store.get(registry.champion_key) == champion_before
+    assert store.get(registry.keys.champion) == champion_before
 
 
 def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
@@ -326,8 +330,8 @@ def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
         registry, "v1", {"model.keras": b"weights", "history.json": b"{}"}, ["a", "b"]
     )
     assert registry.verify_version("v1") == []
-    store.put(registry.file_key("v1", "model.keras"), b"bit rot")
-    store.delete(registry.file_key("v1", "history.json"))
+    store.put(registry.keys.version_file("v1", "model.keras"), b"bit rot")
+    store.delete(registry.keys.version_file("v1", "history.json"))
     assert registry.verify_version("v1") == [
         "v1/history.json: missing",
         "v1/model.keras: sha256 differs from the manifest's",
@@ -337,12 +341,12 @@ def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
 def test_warm_start_always_fails_when_there_is_nothing_to_start_from(tmp_path: Path) -> None:
     from retrainer.errors import SettingsError
     from retrainer.models import find_warm_start
-    from retrainer.records import Batches, ChampionRecord
+    from retrainer.records import ChampionRecord, DataSplit
 
-    batches = Batches.model_construct(class_names=["a", "b"])
+    data_split = DataSplit.model_construct(class_names=["a", "b"])
     registry = ModelRegistry(LocalStore(tmp_path), "m")
     with pytest.raises(SettingsError, match="RETRAINER_WARM_START=always, but there is no champ"):
-        find_warm_start(registry, None, batches, "always", tmp_path / "models")
+        find_warm_start(registry, None, data_split, "always", tmp_path / "models")
     other_classes = ChampionRecord(
         version="v1",
         etag="e",
@@ -352,5 +356,5 @@ def test_warm_start_always_fails_when_there_is_nothing_to_start_from(tmp_path: P
         model_sha256="0" * 64,
     )
     with pytest.raises(SettingsError, match="champion v1 was trained on other classes"):
-        find_warm_start(registry, other_classes, batches, "always", tmp_path / "models")
-    assert find_warm_start(registry, other_classes, batches, "auto", tmp_path / "m")[0] is None
+        find_warm_start(registry, other_classes, data_split, "always", tmp_path / "models")
+    assert find_warm_start(registry, other_classes, data_split, "auto", tmp_path / "m")[0] is None

@@ -16,11 +16,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrainer.cache import LocalCache
 from retrainer.cli import main
-from retrainer.dataset import declared_size, parse_records, read_split
+from retrainer.data.image import declared_size
+from retrainer.data.local import split_here
+from retrainer.data.shards import parse_records
+from retrainer.data.splits import read_split
 from retrainer.gc import collect_garbage
-from retrainer.local import batches_here
+from retrainer.layout import LocalCache
 from retrainer.models import build_default_model, with_augmentation
 from retrainer.records import PreparationSpec
 from retrainer.registry import ModelRegistry
@@ -60,21 +62,24 @@ def test_the_saved_model_serves_raw_jpeg_and_png_bytes_as_training_saw_them(
     files = {**images, **{key.replace(".png", ".jpg"): as_jpeg(png) for key, png in images.items()}}
     folder = write_files(tmp_path / "images", files)
     config = TrainingConfig(image_size=16, validation_fraction=0.3, test_fraction=0.3)
-    batches = batches_here(str(folder), str(tmp_path / "store"), tmp_path / "work", config)
+    data_split = split_here(str(folder), str(tmp_path / "store"), tmp_path / "work", config)
     keras.utils.set_random_seed(3)
     # Augmentation travels inside the model and must do nothing when serving.
     augment = TrainingConfig(augment_flip="horizontal", augment_rotation=0.1)
     model = with_augmentation(build_default_model((16, 16, 3), 2), augment)
     model.save(tmp_path / "model.keras")
     saved = export_serving_model(
-        tmp_path / "model.keras", batches.class_names, batches.preprocessing, tmp_path / "saved"
+        tmp_path / "model.keras",
+        data_split.class_names,
+        data_split.preprocessing,
+        tmp_path / "saved",
     )
 
     # The Keras model on the pixels training read (the prepared shards), per validation image.
-    split = read_split(batches)
-    validation = {example.key for example in split.validation}
+    split_file = read_split(data_split)
+    validation = {example.key for example in split_file.validation}
     expected: dict[str, np.ndarray] = {}
-    for record in tf.data.TFRecordDataset(split.shards).batch(64):
+    for record in tf.data.TFRecordDataset(split_file.shards).batch(64):
         parsed = parse_records(record)
         for key, pixels in zip(parsed["key"].numpy(), parsed["image"].numpy(), strict=True):
             if key.decode() in validation:
@@ -95,7 +100,7 @@ def test_the_saved_model_serves_raw_jpeg_and_png_bytes_as_training_saw_them(
     assert served["leaked"] == []
     difference = np.abs(np.array(served["probabilities"]) - np.array([expected[k] for k in keys]))
     assert difference.max() < 1e-5
-    assert served["class_names"] == [batches.class_names] * len(keys)
+    assert served["class_names"] == [data_split.class_names] * len(keys)
 
     shown = subprocess.run(
         [
@@ -125,7 +130,7 @@ def publish_servable(registry: ModelRegistry, *versions: str) -> None:
 
 
 def served_numbers(registry: ModelRegistry) -> list[int]:
-    prefix = f"{registry.serving_prefix}/"
+    prefix = f"{registry.keys.serving}/"
     return sorted({int(i.key[len(prefix) :].split("/")[0]) for i in registry.store.list(prefix)})
 
 
@@ -140,22 +145,19 @@ def test_every_promotion_and_rollback_lays_the_champion_out_for_tensorflow_servi
     rolled_back = registry.rollback("run-3", "v2 misbehaves")
 
     served = [registry.serving_location(c) for c in (first, second, rolled_back)]
-    assert served_numbers(registry) == [
-        1,
-        2,
-        3,
-    ]  # TF Serving serves the highest: the rolled-back v1
+    # TF Serving serves the highest: the rolled-back v1.
+    assert served_numbers(registry) == [1, 2, 3]
     newest = served[-1]
-    assert registry.store.get(f"{newest}/saved_model.pb") == b"graph of v1"
-    assert registry.store.get(f"{newest}/variables/variables.index") == b"index of v1"
-    assert registry.store.get(f"{served[1]}/saved_model.pb") == b"graph of v2"
+    assert registry.store.get(newest + "saved_model.pb") == b"graph of v1"
+    assert registry.store.get(newest + "variables/variables.index") == b"index of v1"
+    assert registry.store.get(served[1] + "saved_model.pb") == b"graph of v2"
     assert registry.serving_problems(rolled_back) == []
 
     removed = collect_garbage(registry, LocalCache(tmp_path / "cache"), 10, timedelta(0), False)
     assert [line for line in removed if "served" in line] == [
-        f"store: {location}/ (served before the current champion)" for location in served[:2]
+        f"store: {location} (served before the current champion)" for location in served[:2]
     ]
-    assert registry.store.get(f"{newest}/saved_model.pb") == b"graph of v1"
+    assert registry.store.get(newest + "saved_model.pb") == b"graph of v1"
 
 
 def test_a_promotion_from_a_worker_whose_clock_is_behind_is_still_served(
@@ -174,7 +176,7 @@ def test_a_promotion_from_a_worker_whose_clock_is_behind_is_still_served(
     champion = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
 
     assert max(served_numbers(registry)) == champion.serving_number
-    assert registry.store.get(f"{registry.serving_location(champion)}/saved_model.pb") == (
+    assert registry.store.get(registry.serving_location(champion) + "saved_model.pb") == (
         b"graph of v2"
     )
 
@@ -187,7 +189,7 @@ def test_a_change_of_champion_cut_short_after_champion_json_is_finished_by_the_n
     registry.promote("v1", "run-1", "passed", None)
     champion = registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
     # What a kill just after champion.json was written leaves: no history entry, nothing served.
-    registry.store.delete(registry.history_key(champion.serving_number))
+    registry.store.delete(registry.keys.history_entry(champion.serving_number))
     for info in list(registry.store.list(registry.serving_location(champion))):
         registry.store.delete(info.key)
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
@@ -211,9 +213,9 @@ def test_the_first_change_after_clock_numbered_serving_folders_is_numbered_above
     publish_servable(registry, "v1", "v2")
     registry.promote("v1", "run-1", "passed", None)
     # champion.json as versions before the counter wrote it: served under its time in microseconds.
-    old = json.loads(registry.store.get(registry.champion_key))
+    old = json.loads(registry.store.get(registry.keys.champion))
     del old["generation"]
-    registry.store.put(registry.champion_key, json.dumps(old).encode())
+    registry.store.put(registry.keys.champion, json.dumps(old).encode())
     legacy, _ = registry.read_champion()
     assert legacy is not None and legacy.serving_number > 10**15
     registry.make_store_match_champion(legacy)
@@ -269,10 +271,10 @@ def test_gc_keeps_the_champions_served_folder_by_its_number_not_because_it_is_hi
     publish_servable(registry, "v1")
     champion = registry.promote("v1", "run-1", "passed", None)
     # A folder numbered above it, as a worker whose clock ran ahead used to leave.
-    registry.store.put(f"{registry.serving_prefix}/{10**16}/saved_model.pb", b"stale")
+    registry.store.put(f"{registry.keys.serving}/{10**16}/saved_model.pb", b"stale")
 
     collect_garbage(registry, LocalCache(tmp_path / "cache"), 10, timedelta(0), False)
 
-    served = f"{registry.serving_location(champion)}/saved_model.pb"
+    served = registry.serving_location(champion) + "saved_model.pb"
     assert registry.store.get(served) == b"graph of v1"
     assert served_numbers(registry) == [champion.serving_number]

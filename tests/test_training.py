@@ -20,8 +20,8 @@ import pytest
 
 from flows.retrain import retrain
 from retrainer.checkpoints import CheckpointMirror
+from retrainer.data.local import split_here
 from retrainer.devices import plan_devices
-from retrainer.local import batches_here
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from tests.conftest import digit_images, write_files
@@ -70,7 +70,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2
     )
     from retrainer.checkpoints import checkpoint_mirror
-    from retrainer.local import batches_here
+    from retrainer.data.local import split_here
     from retrainer.settings import load_settings
     from retrainer.storage import LocalStore
     from retrainer.devices import DevicePlan
@@ -79,10 +79,10 @@ MIRRORED_SCRIPT = textwrap.dedent(
     work = Path(sys.argv[1])
     settings = load_settings(epochs=2, batch_size=8, image_size=16, early_stopping_patience=0)
     config = settings.training_config()
-    batches = batches_here(str(work / "images"), str(work / "store"), work / "w", config)
+    data_split = split_here(str(work / "images"), str(work / "store"), work / "w", config)
     plan = DevicePlan("multi-gpu", ("/cpu:0", "/cpu:1"), "float32", "2 replicas")
     mirror = checkpoint_mirror(LocalStore(work / "store"), work / "cache", "m", "k" * 32)
-    trained = train_model(batches, settings.training_config(), work / "out", mirror, plan=plan)
+    trained = train_model(data_split, settings.training_config(), work / "out", mirror, plan=plan)
     print("EPOCHS", trained.epochs_run)
     """
 )
@@ -339,18 +339,18 @@ def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
 
 def test_warm_start_honours_mixed_precision_with_the_champions_weights(tmp_path: Path) -> None:
     from retrainer.models import build_default_model, build_model
-    from retrainer.records import Batches, PreparationSpec
+    from retrainer.records import DataSplit, PreparationSpec
     from retrainer.settings import TrainingConfig
 
     champion = build_default_model((16, 16, 3), 3)  # saved in float32, as a CPU night saves it
     champion.save(tmp_path / "champion.keras")
     spec = PreparationSpec(image_size=16, max_image_bytes=10**6, max_image_pixels=10**6)
-    batches = Batches.model_construct(preprocessing=spec, class_names=["a", "b", "c"])
+    data_split = DataSplit.model_construct(preprocessing=spec, class_names=["a", "b", "c"])
     config = TrainingConfig(mixed_precision="on")
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model, started_from = build_model(
-            config, batches, tmp_path / "champion.keras", "champion v1", logging.getLogger()
+            config, data_split, tmp_path / "champion.keras", "champion v1", logging.getLogger()
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -389,10 +389,10 @@ def test_running_out_of_device_memory_is_not_retried_and_says_what_to_lower(
     config = TrainingConfig(
         epochs=1, image_size=16, batch_size=8, model_factory="tests.user_models:out_of_memory"
     )
-    batches = batches_here(str(images), str(tmp_path / "store"), tmp_path / "w", config)
+    data_split = split_here(str(images), str(tmp_path / "store"), tmp_path / "w", config)
     mirror = checkpoint_mirror(LocalStore(tmp_path / "store"), tmp_path / "c", "m", "k" * 32)
     with pytest.raises(OutOfDeviceMemory, match="lower RETRAINER_BATCH_SIZE") as raised:
-        train_model(batches, config, tmp_path / "out", mirror)
+        train_model(data_split, config, tmp_path / "out", mirror)
     assert isinstance(raised.value, BadInput)  # the retry rule lets it through at once
     assert "batches of 8 images of 16 px" in str(raised.value)
 
@@ -421,16 +421,16 @@ def test_tensorflow_start_up_stays_out_of_the_output_but_its_gpu_reason_is_kept(
 
 
 def test_balanced_class_weights_come_from_the_training_counts() -> None:
-    from retrainer.records import Batches
+    from retrainer.records import DataSplit
     from retrainer.settings import TrainingConfig
     from retrainer.training import class_weights
 
-    imbalanced = Batches.model_construct(
+    imbalanced = DataSplit.model_construct(
         class_names=["cat", "dog"], train_per_class={"cat": 30, "dog": 10}
     )
     assert class_weights(imbalanced, TrainingConfig()) == pytest.approx({0: 40 / 60, 1: 2.0})
     assert class_weights(imbalanced, TrainingConfig(class_weights="none")) is None
-    balanced = Batches.model_construct(
+    balanced = DataSplit.model_construct(
         class_names=["cat", "dog"], train_per_class={"cat": 10, "dog": 10}
     )
     assert class_weights(balanced, TrainingConfig()) is None

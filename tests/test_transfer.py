@@ -12,10 +12,10 @@ import pytest
 
 from flows.retrain import retrain
 from retrainer.checkpoints import CheckpointMirror
+from retrainer.data.local import split_here
 from retrainer.errors import SettingsError
-from retrainer.local import batches_here
 from retrainer.models import fetch_backbone_weights, find_backbone
-from retrainer.records import Batches
+from retrainer.records import DataSplit
 from retrainer.registry import ModelRegistry
 from retrainer.serving import download_serving_model, predict_files
 from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
@@ -55,10 +55,10 @@ def file_kernels(path: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture
-def digits_batches(tmp_path: Path) -> Batches:
+def digits_split(tmp_path: Path) -> DataSplit:
     data = write_files(tmp_path / "images", digit_images(classes=3, per_class=30))
     config = TrainingConfig(image_size=SIZE, batch_size=16)
-    return batches_here(str(data), str(tmp_path / "store"), tmp_path / "work", config)
+    return split_here(str(data), str(tmp_path / "store"), tmp_path / "work", config)
 
 
 def transfer_config(weights: Path, epochs: int, fine_tune_epochs: int) -> TrainingConfig:
@@ -79,12 +79,12 @@ def mirror_in(folder: Path) -> CheckpointMirror:
 
 @pytest.mark.slow  # trains a backbone: 14 s of the fast lane
 def test_the_backbone_starts_from_its_weights_file_and_stays_frozen_in_the_first_phase(
-    digits_batches: Batches, tmp_path: Path
+    digits_split: DataSplit, tmp_path: Path
 ) -> None:
     weights = backbone_weights_file(tmp_path / "weights")
     config = transfer_config(weights, epochs=1, fine_tune_epochs=0)
     trained = train_model(
-        digits_batches, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
+        digits_split, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
     )
     model = keras.models.load_model(trained.model_path, safe_mode=True, compile=False)
     for after, before in zip(kernels(model), file_kernels(weights), strict=True):
@@ -101,7 +101,7 @@ class Preempted(RuntimeError):
     ("killed_in_epoch", "phase"), [(3, "fine-tuning"), (2, "the start of fine-tuning")]
 )
 def test_a_run_stopped_while_fine_tuning_resumes_there_and_fine_tunes_the_backbone(
-    digits_batches: Batches,
+    digits_split: DataSplit,
     tmp_path: Path,
     killed_in_epoch: int,
     phase: str,
@@ -118,7 +118,7 @@ def test_a_run_stopped_while_fine_tuning_resumes_there_and_fine_tunes_the_backbo
 
     with pytest.raises(Preempted):
         train_model(
-            digits_batches,
+            digits_split,
             config,
             tmp_path / "out",
             mirror_in(tmp_path),
@@ -127,7 +127,7 @@ def test_a_run_stopped_while_fine_tuning_resumes_there_and_fine_tunes_the_backbo
         )
     with caplog.at_level(logging.INFO, logger="retrainer"):
         trained = train_model(
-            digits_batches, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
+            digits_split, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
         )
 
     assert f"Resuming at epoch {killed_in_epoch} of 4" in caplog.text
@@ -159,7 +159,7 @@ def test_a_backbone_needs_its_weights_and_a_large_enough_image() -> None:
 
 
 def test_weights_of_another_backbone_are_refused_with_what_they_are_not(
-    tmp_path: Path, digits_batches: Batches
+    tmp_path: Path, digits_split: DataSplit
 ) -> None:
     weights = backbone_weights_file(tmp_path / "weights")
     config = transfer_config(weights, epochs=1, fine_tune_epochs=0).model_copy(
@@ -167,7 +167,7 @@ def test_weights_of_another_backbone_are_refused_with_what_they_are_not(
     )
     with pytest.raises(SettingsError, match="are not the weights of efficientnet_v2_b0"):
         train_model(
-            digits_batches, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
+            digits_split, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
         )
 
 

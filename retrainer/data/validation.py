@@ -1,76 +1,22 @@
 """Validate: the verdicts of the prepare stage, turned into the decision to train or stop.
 
 A file is unusable when it is empty, too large, not an image, outside a class folder, or when
-TensorFlow's own decoder (the one every image is read with) fails on it: Pillow reads more than
-TensorFlow does (1-bit and run-length-encoded BMPs, PNGs with bad checksums). Unusable files are
-quarantined (kept out of training and listed with the reason); too many of them, or too few
-classes or images, stop the run.
+TensorFlow's own decoder (the one every image is read with) fails on it (`retrainer.data.image`).
+Unusable files are quarantined (kept out of training and listed with the reason); too many of them,
+or too few classes or images, stop the run.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import warnings
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from retrainer import Log
 from retrainer.errors import DataError
-from retrainer.records import (
-    USABLE,
-    PreparationSpec,
-    PreparedData,
-    QuarantinedFile,
-    UsableImage,
-    ValidatedData,
-)
+from retrainer.records import USABLE, PreparedData, QuarantinedFile, UsableImage, ValidatedData
 from retrainer.storage import write_atomically
 
-# The formats tf.io.decode_image reads.
-ACCEPTED_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
-
 logger = logging.getLogger(__name__)
-
-
-def size_problem(size: int, spec: PreparationSpec) -> str | None:
-    """Why a file of `size` bytes cannot be a training image, or None."""
-    if size == 0:
-        return "empty file"
-    if size > spec.max_image_bytes:
-        return f"{size:,} bytes, more than RETRAINER_MAX_IMAGE_BYTES ({spec.max_image_bytes:,})"
-    return None
-
-
-def header_problem(contents: bytes, spec: PreparationSpec) -> str | None:
-    """Why these bytes cannot be a training image, judged from their size and header alone.
-
-    Run before any pixel is decoded; the decode itself is the last check (see preparation).
-    """
-    if problem := size_problem(len(contents), spec):
-        return problem
-    try:
-        # Opening reads the header only: format and declared size, before any pixel is decoded.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(contents)) as image:
-                image_format, (width, height) = image.format, image.size
-    except Image.DecompressionBombError as error:
-        return f"declares too many pixels to decode safely ({error})"
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, SyntaxError, ValueError) as error:
-        return f"does not decode: {error}"
-    if image_format not in ACCEPTED_FORMATS:
-        return f"format {image_format} is not one of JPEG, PNG, GIF, BMP"
-    if width * height > spec.max_image_pixels:
-        return (
-            f"declares {width}x{height} pixels, more than RETRAINER_MAX_IMAGE_PIXELS "
-            f"({spec.max_image_pixels:,})"
-        )
-    return None
 
 
 def compare_class_sets(
@@ -94,14 +40,14 @@ def compare_class_sets(
 
 def validate_data(
     prepared: PreparedData,
-    work_dir: Path,
+    usable_path: Path,
     min_images_per_class: int,
     max_quarantined_fraction: float,
     champion_classes: list[str] | None = None,
     on_class_change: str = "fail",
-    log: Log = logger,
 ) -> ValidatedData:
-    """Judge the prepared verdicts, write the list of usable images, summarise per class."""
+    """Judge the prepared verdicts, write the list of usable images to `usable_path`, summarise
+    per class."""
     index = prepared.read_index()
     usable: list[tuple[str, str, str, str]] = []
     quarantined: list[QuarantinedFile] = []
@@ -112,7 +58,7 @@ def validate_data(
             usable.append((key, entry.etag, entry.shard, key.split("/", 1)[0]))
 
     for item in quarantined:
-        log.warning("Quarantined %s: %s", item.path, item.reason)
+        logger.warning("Quarantined %s: %s", item.path, item.reason)
     checked = len(index.objects)
     if checked and len(quarantined) / checked > max_quarantined_fraction:
         raise DataError(
@@ -138,18 +84,17 @@ def validate_data(
 
     class_change = compare_class_sets(class_names, champion_classes, on_class_change)
     if class_change:
-        log.warning("%s: training a new model", class_change.capitalize())
+        logger.warning("%s: training a new model", class_change.capitalize())
 
     label_of = {name: index for index, name in enumerate(class_names)}
     images = [
         UsableImage(key=key, etag=etag, shard=shard, label=label_of[name])
         for key, etag, shard, name in usable
     ]
-    usable_path = work_dir / "usable-images.json"
     write_atomically(usable_path, USABLE.dump_json(images))
 
     summary = ", ".join(f"{name}: {counts[name]}" for name in class_names)
-    log.info(
+    logger.info(
         "Validated %d images in %d classes (%s); %d quarantined",
         len(usable),
         len(class_names),

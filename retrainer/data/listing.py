@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
-import botocore.exceptions
-
-from retrainer import Log
 from retrainer.errors import DataError
 from retrainer.records import LISTING, DataSnapshot, ListedObject, RefusedObject
-from retrainer.storage import ObjectNotFound, ObjectStore, key_problem, write_atomically
-
-PROGRESS_SECONDS = 10.0
-
-OnProgress = Callable[[int, int], None]  # (items done, items to do)
+from retrainer.storage import ObjectStore, key_problem, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +27,7 @@ def data_fingerprint(objects: Iterable[ListedObject]) -> str:
     return digest.hexdigest()
 
 
-def _split_safe_keys(
-    store: ObjectStore, log: Log
-) -> tuple[list[ListedObject], list[RefusedObject]]:
+def _split_safe_keys(store: ObjectStore) -> tuple[list[ListedObject], list[RefusedObject]]:
     """The objects that can be used, and those refused with the reason.
 
     Folder markers (`class_a/`, what the S3 console's "Create folder" writes) are not data and
@@ -50,16 +40,16 @@ def _split_safe_keys(
         reason = info.refused or key_problem(info.key)
         if reason:
             refused.append(RefusedObject(key=info.key, reason=reason))
-            log.warning("Refused %r: %s", info.key, reason)
+            logger.warning("Refused %r: %s", info.key, reason)
             continue
         objects.append(ListedObject(key=info.key, etag=info.etag, size=info.size))
     return objects, refused
 
 
-def list_data(store: ObjectStore, listing_path: Path, log: Log = logger) -> DataSnapshot:
+def list_data(store: ObjectStore, listing_path: Path) -> DataSnapshot:
     """One listing of the data, kept at `listing_path`, and its fingerprint."""
     store.check()
-    objects, refused = _split_safe_keys(store, log)
+    objects, refused = _split_safe_keys(store)
     if not objects:
         # A retry cannot make data appear.
         raise DataError(
@@ -73,44 +63,3 @@ def list_data(store: ObjectStore, listing_path: Path, log: Log = logger) -> Data
         listing_path=listing_path,
         refused=refused,
     )
-
-
-def unavailable(error: BaseException) -> str | None:
-    """Why an object listed a moment ago cannot be read now, if that is what `error` says."""
-    if isinstance(error, ObjectNotFound):
-        return "disappeared between the listing and its download"
-    if isinstance(error, botocore.exceptions.ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        if code in ("403", "AccessDenied", "Forbidden"):
-            return f"listed, but its download is forbidden ({code}): check the bucket policy"
-    return None
-
-
-class Progress:
-    """Say how far a long step is: a line and a callback every PROGRESS_SECONDS."""
-
-    def __init__(
-        self, what: str, total: int, log: Log, on_progress: OnProgress | None = None
-    ) -> None:
-        self.what = what
-        self.total = total
-        self.done = 0
-        self.log = log
-        self.on_progress = on_progress
-        self.last = time.monotonic()
-
-    def advance(self) -> None:
-        self.done += 1
-        if time.monotonic() - self.last < PROGRESS_SECONDS and self.done < self.total:
-            return
-        self.last = time.monotonic()
-        if self.done < self.total:
-            self.log.info(
-                "%s: %d of %d (%.0f%%)",
-                self.what,
-                self.done,
-                self.total,
-                100 * self.done / self.total,
-            )
-        if self.on_progress:
-            self.on_progress(self.done, self.total)

@@ -1,37 +1,36 @@
-"""The build-batches task: the shards on this worker, and the stable split the train and gate
-tasks read."""
+"""The split task: the shards on this worker, and the stable split the train and gate tasks read."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from retrainer.dataset import split_data
-from retrainer.preparation import fetch_shards, unmark_reader
-from retrainer.records import Batches, ValidatedData
+from retrainer.data.preparation import unmark_reader
+from retrainer.data.shards import fetch_shards
+from retrainer.data.splits import split_data
+from retrainer.records import DataSplit, ValidatedData
 from retrainer.settings import Settings
 from tasks.retries import retry_unless_bad_input
-from tasks.runtime import current_run_id, progress_reporter
+from tasks.runtime import current_run_id, progress_reporter, run_folder
 
 
 @task(
-    name="build batches",
+    name="split data",
     retries=2,
     retry_delay_seconds=[10, 60],
     retry_condition_fn=retry_unless_bad_input,
 )
-def build_batches(data: ValidatedData, settings: Settings) -> Batches:
+def split(data: ValidatedData, settings: Settings) -> DataSplit:
     shards = fetch_shards(
         data.prepared,
         settings.cache.shards_dir,
-        get_run_logger(),
         progress_reporter("Downloading the prepared shards"),
     )
     unmark_reader(data.prepared.prepared_url, current_run_id())  # its shards are on this disk
-    batches = split_data(
+    data_split = split_data(
         data,
         shards,
-        work_dir=settings.cache.run_dir(current_run_id()),
+        split_path=run_folder(settings).split,
         batch_size=settings.batch_size,
         validation_fraction=settings.validation_fraction,
         test_fraction=settings.test_fraction,
@@ -39,10 +38,10 @@ def build_batches(data: ValidatedData, settings: Settings) -> Batches:
     get_run_logger().info(
         "Split %d images: %d for training, %d for validation (early stopping), %d for the "
         "test split (the gate only); %d quarantined",
-        batches.train_count + batches.validation_count + batches.test_count,
-        batches.train_count,
-        batches.validation_count,
-        batches.test_count,
+        data_split.train_count + data_split.validation_count + data_split.test_count,
+        data_split.train_count,
+        data_split.validation_count,
+        data_split.test_count,
         len(data.quarantined),
     )
     create_table_artifact(
@@ -50,13 +49,13 @@ def build_batches(data: ValidatedData, settings: Settings) -> Batches:
             {
                 "class": name,
                 "images": data.images_per_class[name],
-                "training": batches.train_per_class[name],
-                "validation": batches.validation_per_class[name],
-                "test": batches.test_per_class[name],
+                "training": data_split.train_per_class[name],
+                "validation": data_split.validation_per_class[name],
+                "test": data_split.test_per_class[name],
             }
-            for name in batches.class_names
+            for name in data_split.class_names
         ],
         key="data-summary",
         description=f"Images per class; {len(data.quarantined)} file(s) quarantined",
     )
-    return batches
+    return data_split
