@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow, get_run_logger
 
 from flows.prepare import prepare_dataset, task_runner_for
+from retrainer.errors import SettingsError
 from retrainer.records import Publication
-from retrainer.settings import RetrainParameters, load_settings
+from retrainer.settings import RetrainParameters, Settings, load_settings
 from tasks.champion import read_champion
 from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
@@ -21,11 +20,19 @@ from tasks.split import split
 from tasks.train import train
 from tasks.validate import validate
 
-# A hung run would hold the model's lease and the deployment's queue: it is stopped after this.
-FLOW_TIMEOUT_SECONDS = 3600 * float(os.environ.get("RETRAINER_FLOW_TIMEOUT_HOURS", "12"))
+
+def flow_timeout_seconds() -> float:
+    """A hung run would hold the model's lease and the deployment's queue: it is stopped after
+    RETRAINER_FLOW_TIMEOUT_HOURS, read from the settings (environment or .env) when the flow is
+    loaded. Settings that do not load leave the default: the run stops at its first step anyway,
+    with their message."""
+    try:
+        return 3600 * load_settings().flow_timeout_hours
+    except SettingsError:
+        return 3600 * float(Settings.model_fields["flow_timeout_hours"].default)
 
 
-@flow(name="retrain", log_prints=True, timeout_seconds=FLOW_TIMEOUT_SECONDS)
+@flow(name="retrain", log_prints=True, timeout_seconds=flow_timeout_seconds())
 def retrain(parameters: RetrainParameters | None = None) -> Publication:
     """Retrain the classifier on the latest data and promote it only if it passes the gate."""
     parameters = parameters or RetrainParameters()
@@ -49,4 +56,4 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
         data_split = split(data, settings)
         trained = train(data_split, work, champion, settings)
         decision = gate(data_split, trained, champion, settings)
-        return publish(data, data_split, work, trained, decision, settings)
+        return publish(data, data_split, work, trained, decision, champion, settings)

@@ -20,7 +20,3 @@ try:
     __version__ = metadata.version("retrainer")
 except metadata.PackageNotFoundError:  # a checkout that was never installed
     __version__ = "unknown"
-
-# Stage functions log to whatever they are given: a Prefect run logger in a task, a plain logger in
-# tests and benchmarks.
-Log = logging.Logger | logging.LoggerAdapter[logging.Logger]

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from retrainer import Log
 from retrainer.layout import LocalCache, ModelKeys
 from retrainer.storage import ObjectNotFound, ObjectStore, sha256_of_file, write_atomically
 
@@ -56,37 +55,39 @@ class CheckpointMirror:
             return 0
         return seal.epoch if intact else 0
 
-    def restore(self, log: Log = logger) -> int:
+    def restore(self) -> int:
         """Bring back the last finished epoch, local first, else from the store; 0 if none."""
         if epoch := self._sealed_local_epoch():
-            log.info("Found a local checkpoint after epoch %d in %s", epoch, self.local_dir)
+            logger.info("Found a local checkpoint after epoch %d in %s", epoch, self.local_dir)
             return epoch
         if self.local_dir.exists() and any(self.local_dir.iterdir()):
-            log.warning("Discarded a torn local checkpoint in %s", self.local_dir)
+            logger.warning("Discarded a torn local checkpoint in %s", self.local_dir)
         self._clear_local()
         try:
             seal = Seal.model_validate_json(self.store.get(self.pointer_key))
         except ObjectNotFound:
             return 0
         except ValidationError:
-            log.warning("Ignored an unreadable checkpoint pointer %s", self.pointer_key)
+            logger.warning("Ignored an unreadable checkpoint pointer %s", self.pointer_key)
             return 0
         folder = self.prefix + seal.folder
         try:
             for name in CHECKPOINT_FILES:
                 self.store.download(f"{folder}/{name}", self.local_dir / name)
         except ObjectNotFound as missing:
-            log.warning("The checkpoint pointer names a missing file (%s): starting over", missing)
+            logger.warning(
+                "The checkpoint pointer names a missing file (%s): starting over", missing
+            )
             self._clear_local()
             return 0
         if self._local_hashes() != seal.files:
-            log.warning(
+            logger.warning(
                 "The checkpoint in %s is damaged: starting over", self.store.describe(folder)
             )
             self._clear_local()
             return 0
         write_atomically(self.local_dir / SEAL_FILE, seal.model_dump_json().encode())
-        log.info(
+        logger.info(
             "Restored the checkpoint after epoch %d from %s",
             seal.epoch,
             self.store.describe(folder),

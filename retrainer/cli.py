@@ -38,19 +38,19 @@ def option_name(field: str) -> str:
 def add_parameter_options(parser: argparse.ArgumentParser) -> None:
     """One option per RetrainParameters field, with its type, bounds and description."""
     for name, field in RetrainParameters.model_fields.items():
-        help_text = field.description or ""
+        if field.annotation is bool:
+            parser.add_argument(option_name(name), action="store_true", help=field.description)
+            continue
+        # `Annotated[int, Ge(1), Le(1000)] | None`: the setting's own type and bounds, or none.
+        (given,) = (t for t in typing.get_args(field.annotation) if t is not type(None))
+        kind, *rules = typing.get_args(given) if typing.get_origin(given) else (given,)
         bounds = [
             f"{word} {getattr(rule, attribute)}"
-            for rule in field.metadata
+            for rule in rules
             for attribute, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
             if getattr(rule, attribute, None) is not None
         ]
-        if bounds:
-            help_text += f" ({', '.join(bounds)})"
-        if field.annotation is bool:
-            parser.add_argument(option_name(name), action="store_true", help=help_text)
-            continue
-        kind = next(t for t in typing.get_args(field.annotation) if t is not type(None))
+        help_text = (field.description or "") + (f" ({', '.join(bounds)})" if bounds else "")
         parser.add_argument(option_name(name), type=kind, help=help_text)
 
 
@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the flow on its nightly schedule from this machine (no worker needed)"
     )
-    serve.add_argument("--cron", default="0 2 * * *", help="schedule (default: 02:00 daily)")
-    serve.add_argument("--timezone", default="UTC", help="time zone of the schedule")
+    serve.add_argument(
+        "--cron", help="schedule (default: the nightly deployment's in prefect.yaml)"
+    )
+    serve.add_argument("--timezone", help="time zone of the schedule (default: prefect.yaml's)")
     serve.set_defaults(handler=serve_command)
 
     notify = commands.add_parser(
@@ -260,7 +262,7 @@ def predict_command(settings: Settings, arguments: argparse.Namespace) -> int:
         if champion is None:
             raise BadInput(f"'{registry.model_name}' has no champion yet: pass --version")
         version = champion.version
-    start_tensorflow()
+    start_tensorflow(settings.tensorflow_logs)
     from retrainer.serving import download_serving_model, predict_files
 
     saved_model = download_serving_model(registry, version, settings.cache.champions_dir)
@@ -346,11 +348,15 @@ def serve_command(settings: Settings, arguments: argparse.Namespace) -> int:
     from prefect.schedules import Cron
 
     from flows.retrain import retrain
+    from flows.schedule import nightly_schedule
 
-    print(f"Serving 'retrain' on '{arguments.cron}' ({arguments.timezone}); Ctrl-C stops")
+    nightly = nightly_schedule()
+    cron = arguments.cron or nightly["cron"]
+    timezone = arguments.timezone or nightly["timezone"]
+    print(f"Serving 'retrain' on '{cron}' ({timezone}); Ctrl-C stops")
     retrain.serve(
         name="nightly-local",
-        schedules=[Cron(arguments.cron, timezone=arguments.timezone)],
+        schedules=[Cron(cron, timezone=timezone)],
         tags=["retrainer", "nightly"],
         limit=1,
         global_limit=1,  # one run at a time across every process serving it, not just this one
@@ -386,8 +392,20 @@ def seed_demo_command(settings: Settings, arguments: argparse.Namespace) -> int:
     return 0
 
 
+# An installed wheel carries flows/ and tasks/ (and prefect.yaml) in here, so that it claims no
+# generic top-level name in site-packages; a checkout or an image has them beside retrainer/.
+BUNDLED_PIPELINE = Path(__file__).resolve().parent / "_pipeline"
+
+
+def make_pipeline_importable() -> None:
+    """Let the commands that start a flow import `flows` and `tasks`, from wherever they are."""
+    if BUNDLED_PIPELINE.is_dir() and str(BUNDLED_PIPELINE) not in sys.path:
+        sys.path.append(str(BUNDLED_PIPELINE))  # after the checkout's own, which wins
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    make_pipeline_importable()
     try:
         return int(arguments.handler(load_settings(), arguments))
     except SettingsError as error:

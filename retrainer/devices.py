@@ -1,17 +1,19 @@
 """Devices: where training runs, chosen from the list of GPUs TensorFlow sees.
 
 The plan is made from the device list alone (`plan_devices`), so every choice is testable on a
-machine without GPUs.
+machine without GPUs; TensorFlow is started only to list the devices.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-import tensorflow as tf
+from typing import TYPE_CHECKING
 
 from retrainer.errors import SettingsError
 from retrainer.tensorflow_runtime import start_tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)  # Volta and newer have tensor cores for float16
 
@@ -57,6 +59,8 @@ def detect_devices(mixed_precision: str, device: str = "auto") -> DevicePlan:
     `device`: "auto", "gpu" (SettingsError when there is no usable GPU) or "cpu" (GPUs hidden).
     """
     start_up = start_tensorflow()
+    import tensorflow as tf
+
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
         return plan_devices([], mixed_precision)
@@ -82,6 +86,8 @@ def detect_devices(mixed_precision: str, device: str = "auto") -> DevicePlan:
 
 
 def strategy_for(plan: DevicePlan) -> tf.distribute.Strategy:
+    import tensorflow as tf
+
     if plan.kind == "multi-gpu":
         return tf.distribute.MirroredStrategy(list(plan.devices))
     if plan.kind == "gpu":

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from retrainer import Log
-from retrainer.data.image import input_shape
+from retrainer.champion import fitting_champion_model
 from retrainer.data.inputs import input_fn
 from retrainer.data.splits import Subset
-from retrainer.records import ChampionRecord, DataSplit, ModelScores, PairedTest
+from retrainer.records import ChampionRecord, DataSplit, Evaluation, ModelScores
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings
 from retrainer.significance import paired_tests
@@ -64,51 +62,6 @@ def predict(model: keras.Model, split: DataSplit, subset: Subset) -> tuple[np.nd
     return model.predict(dataset, verbose=0), labels
 
 
-class ChampionUnavailable(RuntimeError):
-    """A champion exists but could not be scored: the gate must not decide without it."""
-
-
-def load_champion_model(
-    registry: ModelRegistry, champion: ChampionRecord, split: DataSplit, models_dir: Path
-) -> tuple[keras.Model | None, str]:
-    """The champion's model if it can judge this data, else None and the reason why not.
-
-    Only a deterministic incompatibility (other classes, other input shape) returns None: the
-    candidate is then judged by the absolute thresholds. A champion that cannot be fetched,
-    checked or loaded raises ChampionUnavailable, so the run never promotes in its absence.
-    """
-    if champion.class_names != split.class_names:
-        return None, (
-            f"champion {champion.version} was trained on classes {champion.class_names}, "
-            f"not {split.class_names}"
-        )
-    try:
-        path = registry.download_champion_model(champion, models_dir)
-        model = keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as error:  # whatever it was, the gate cannot judge without the champion
-        raise ChampionUnavailable(
-            f"champion {champion.version} could not be scored, so nothing is promoted: {error}"
-        ) from error
-    expected = (None, *input_shape(split.preprocessing))
-    if tuple(model.input_shape) != expected:
-        return None, (
-            f"champion {champion.version} takes inputs {model.input_shape}, not {expected}"
-        )
-    return model, ""
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """What the gate judges: both models on the test split, and how sure each difference is."""
-
-    candidate: ModelScores
-    candidate_validation: ModelScores
-    champion: ModelScores | None
-    note: str
-    tests: dict[str, PairedTest]
-    test_images: int
-
-
 def split_note(champion: ChampionRecord, split: DataSplit) -> str:
     """Why tonight's comparison may favour the champion, when its splits were not these."""
     if champion.test_fraction is None:
@@ -134,14 +87,13 @@ def evaluate(
     models_dir: Path,
     gate: GateSettings,
     seed: int,
-    log: Log = logger,
 ) -> Evaluation:
     """Score the candidate (validation and test) and the champion (test) on the same images."""
     model = keras.models.load_model(candidate_path, safe_mode=True, compile=False)
     probabilities, labels = predict(model, split, "test")
     candidate = score_predictions(probabilities, labels, split.class_names)
     validation = score_predictions(*predict(model, split, "validation"), split.class_names)
-    log.info(
+    logger.info(
         "Candidate: accuracy %.4f on %d validation images (chosen on them), %.4f on %d test "
         "images (never seen); test loss %.4f, macro F1 %.4f",
         validation.accuracy,
@@ -152,15 +104,18 @@ def evaluate(
         candidate.macro_f1,
     )
 
-    def without_champion(note: str) -> Evaluation:
-        return Evaluation(candidate, validation, None, note, {}, split.test_count)
-
+    alone = Evaluation(
+        candidate=candidate, candidate_validation=validation, test_images=split.test_count
+    )
     if champion is None:
-        return without_champion("first model: no champion to beat")
-    champion_model, incompatible = load_champion_model(registry, champion, split, models_dir)
+        return alone.model_copy(update={"note": "first model: no champion to beat"})
+    # Only a deterministic incompatibility (other classes, other input) lets the absolute
+    # thresholds decide alone; a champion that cannot be loaded stops the run (fail closed).
+    champion_model, incompatible = fitting_champion_model(registry, champion, split, models_dir)
     if champion_model is None:
-        log.warning("%s; the gate decides by the absolute thresholds alone", incompatible)
-        return without_champion(incompatible + "; decided by the absolute thresholds alone")
+        logger.warning("%s; the gate decides by the absolute thresholds alone", incompatible)
+        note = f"{incompatible}; decided by the absolute thresholds alone"
+        return alone.model_copy(update={"note": note, "champion_version": champion.version})
     champion_probabilities, _ = predict(champion_model, split, "test")
     scores = score_predictions(champion_probabilities, labels, split.class_names)
     tests = paired_tests(
@@ -172,7 +127,7 @@ def evaluate(
         gate.bootstrap_samples,
         seed,
     )
-    log.info(
+    logger.info(
         "Champion %s on the same test images: accuracy %.4f (%s), loss %.4f, macro F1 %.4f",
         champion.version,
         scores.accuracy,
@@ -182,6 +137,14 @@ def evaluate(
     )
     note = f"compared with champion {champion.version} on the same test images"
     if caveat := split_note(champion, split):
-        log.warning("Note: %s", caveat)
+        logger.warning("Note: %s", caveat)
         note += f"; {caveat}"
-    return Evaluation(candidate, validation, scores, note, tests, split.test_count)
+    return Evaluation(
+        candidate=candidate,
+        candidate_validation=validation,
+        champion=scores,
+        champion_version=champion.version,
+        note=note,
+        tests=tests,
+        test_images=split.test_count,
+    )

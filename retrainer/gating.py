@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from retrainer.records import GateCheck, GateDecision, ModelScores, PairedTest
+from retrainer.records import Evaluation, GateCheck, GateDecision, ModelScores, PairedTest
 from retrainer.settings import GateSettings, MetricRule
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False}
@@ -140,20 +140,10 @@ def significantly_better_check(test: PairedTest, level: float) -> GateCheck:
     )
 
 
-def decide(
-    candidate: ModelScores,
-    champion: ModelScores | None,
-    gate: GateSettings,
-    champion_version: str | None,
-    champion_etag: str | None,
-    champion_note: str = "",
-    diverged: str | None = None,
-    tests: dict[str, PairedTest] | None = None,
-    candidate_validation: ModelScores | None = None,
-    test_images: int = 0,
-) -> GateDecision:
+def decide(evaluation: Evaluation, gate: GateSettings, diverged: str | None = None) -> GateDecision:
     """Pass only if training did not diverge and every check holds."""
-    tests = tests or {}
+    candidate, champion, tests = evaluation.candidate, evaluation.champion, evaluation.tests
+    test_images = evaluation.test_images
     too_small = (
         champion is not None
         and tests.get("accuracy", None) is not None
@@ -191,8 +181,8 @@ def decide(
     else:
         headline = [check.describe() for check in checks if check.metric == "test_accuracy"]
         reason = "passed: " + ", ".join(headline or ["every check"])
-        if champion is None and champion_note:
-            reason += f"; {champion_note}"
+        if champion is None and evaluation.note:
+            reason += f"; {evaluation.note}"
         if too_small:
             reason += f"; {significance}: judged by the plain thresholds"
     return GateDecision(
@@ -200,11 +190,10 @@ def decide(
         reason=reason,
         checks=checks,
         candidate=candidate,
-        candidate_validation=candidate_validation,
+        candidate_validation=evaluation.candidate_validation,
         champion=champion,
-        champion_version=champion_version,
-        champion_etag=champion_etag,
-        champion_note=champion_note,
+        champion_version=evaluation.champion_version,
+        champion_note=evaluation.note,
         paired_tests=list(tests.values()),
         test_images=test_images,
         significance_level=gate.significance_level,

@@ -15,6 +15,7 @@ lease never writes as if it held it.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
@@ -26,7 +27,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from retrainer import Log
 from retrainer.layout import ModelKeys
 from retrainer.storage import GuardedStore, ObjectInfo, ObjectNotFound, ObjectStore
 
@@ -101,15 +101,12 @@ def is_free(lease: LeaseBody, info: ObjectInfo) -> bool:
 class ModelLease:
     """Hold `leases/<model>.json` for one run (`with ModelLease(...):`), renewed in a thread."""
 
-    def __init__(
-        self, store: ObjectStore, model_name: str, run_id: str, seconds: int, log: Log = logger
-    ) -> None:
+    def __init__(self, store: ObjectStore, model_name: str, run_id: str, seconds: int) -> None:
         self.store = store
         self.key = ModelKeys(model_name).lease
         self.model_name = model_name
         self.run_id = run_id
         self.seconds = seconds
-        self.log = log
         self.etag: str | None = None
         self.taken_at = datetime.now(UTC)
         self.renewed_at = time.monotonic()  # when the last write that succeeded was sent
@@ -156,13 +153,18 @@ class ModelLease:
                 f"model '{self.model_name}' was just taken by "
                 f"{holder.describe() if holder else 'another run'}"
             )
-        self.log.info(
+        logger.info(
             "Holding the lease of '%s' (%s, renewed every %d s)",
             self.model_name,
             self.store.describe(self.key),
             self.seconds // 3,
         )
-        self._renewer = threading.Thread(target=self._renew_until_stopped, daemon=True)
+        # In this caller's context: a line the renewer logs reaches the same run log (Prefect finds
+        # the run in the context).
+        renew = contextvars.copy_context().run
+        self._renewer = threading.Thread(
+            target=renew, args=(self._renew_until_stopped,), daemon=True
+        )
         self._renewer.start()
 
     def _write(self, expected_etag: str | None, released: bool = False) -> bool:
@@ -180,10 +182,10 @@ class ModelLease:
             try:
                 if not self._write(self.etag):
                     self.lost = f"another run took the lease of '{self.model_name}'"
-                    self.log.error("Lost the lease of '%s' to another run", self.model_name)
+                    logger.error("Lost the lease of '%s' to another run", self.model_name)
                     return
             except Exception as error:  # an outage: try again at the next tick
-                self.log.warning("Could not renew the lease of '%s': %s", self.model_name, error)
+                logger.warning("Could not renew the lease of '%s': %s", self.model_name, error)
 
     def check(self) -> None:
         """Raise LeaseLost unless this run surely still holds the lease."""
@@ -210,7 +212,7 @@ class ModelLease:
         try:
             self._write(self.etag, released=True)
         except Exception as error:  # it expires by itself
-            self.log.warning("Could not release the lease of '%s': %s", self.model_name, error)
+            logger.warning("Could not release the lease of '%s': %s", self.model_name, error)
 
     def __enter__(self) -> ModelLease:
         self.acquire()

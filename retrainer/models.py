@@ -1,5 +1,5 @@
-"""Models: the built-in CNN, a pretrained backbone, a user's model factory, and warm start from
-the champion."""
+"""Models: the built-in CNN, a pretrained backbone, a user's model factory, and the model a run
+fits (warm-started from the champion when `retrainer.champion` says it fits)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ from typing import Literal
 
 import keras
 
-from retrainer import Log
+from retrainer.champion import WarmStart, champion_mismatch, fresh_model_because
 from retrainer.data.image import input_shape
 from retrainer.errors import SettingsError
-from retrainer.records import ChampionRecord, DataSplit
-from retrainer.registry import ModelRegistry
+from retrainer.records import DataSplit
 from retrainer.settings import TrainingConfig
 from retrainer.storage import open_store
 
@@ -108,10 +107,10 @@ def find_backbone(model: keras.Model) -> keras.Model | None:
     return None
 
 
-def fetch_backbone_weights(url: str, cache_dir: Path, log: Log = logger) -> BackboneWeights:
+def fetch_backbone_weights(url: str, cache_dir: Path) -> BackboneWeights:
     """The weights file at `url` on this disk, downloaded once per version of it (its ETag)."""
     if url == "imagenet":
-        log.info("Backbone weights: Keras' ImageNet download (needs internet on this worker)")
+        logger.info("Backbone weights: Keras' ImageNet download (needs internet on this worker)")
         return "imagenet"
     parent, _, name = url.rstrip("/").rpartition("/")
     store = open_store(parent or ".")
@@ -126,10 +125,12 @@ def fetch_backbone_weights(url: str, cache_dir: Path, log: Log = logger) -> Back
     version = hashlib.sha256(f"{url} {info.etag}".encode()).hexdigest()[:16]
     path = cache_dir / version / name
     if path.exists():
-        log.info("Backbone weights: %s (a copy on this disk)", store.describe(name))
+        logger.info("Backbone weights: %s (a copy on this disk)", store.describe(name))
     else:
         store.download(name, path)
-        log.info("Backbone weights: downloaded %s (%.1f MB)", store.describe(name), info.size / 1e6)
+        logger.info(
+            "Backbone weights: downloaded %s (%.1f MB)", store.describe(name), info.size / 1e6
+        )
     return path
 
 
@@ -175,40 +176,6 @@ def build_from_factory(
             "its last layer must have num_classes units"
         )
     return model
-
-
-def find_warm_start(
-    registry: ModelRegistry,
-    champion: ChampionRecord | None,
-    split: DataSplit,
-    policy: str,
-    models_dir: Path,
-    log: Log = logger,
-) -> tuple[Path | None, str]:
-    """The champion's model file to start from, or None; and what training starts from, in words."""
-    if policy == "never":
-        return None, "a fresh model (warm start is off)"
-    if champion is None:
-        reason = "there is no champion yet"
-    elif champion.class_names != split.class_names:
-        reason = f"champion {champion.version} was trained on other classes"
-    else:
-        path = registry.download_champion_model(champion, models_dir)
-        log.info("Warm start: training continues from champion %s", champion.version)
-        return path, f"champion {champion.version}"
-    if policy == "always":
-        raise SettingsError(f"RETRAINER_WARM_START=always, but {reason}")
-    log.info("Starting from a fresh model: %s", reason)
-    return None, f"a fresh model ({reason})"
-
-
-def warm_start_mismatch(champion: keras.Model, model: keras.Model) -> str | None:
-    """Why the champion's weights cannot go into `model`, or None when they can."""
-    if tuple(champion.input_shape[1:]) != tuple(model.input_shape[1:]):
-        return f"the champion takes {champion.input_shape[1:]}, not {model.input_shape[1:]}"
-    if [tuple(w.shape) for w in champion.weights] != [tuple(w.shape) for w in model.weights]:
-        return "the champion's layers differ from those RETRAINER_MODEL_FACTORY builds"
-    return None
 
 
 def augmentation_layers(config: TrainingConfig) -> list[keras.layers.Layer]:
@@ -267,9 +234,7 @@ def start_fine_tuning(model: keras.Model, config: TrainingConfig) -> int:
 def build_model(
     config: TrainingConfig,
     split: DataSplit,
-    warm_start: Path | None,
-    started_from: str,
-    log: Log,
+    warm_start: WarmStart,
     backbone_weights: BackboneWeights | None = None,
 ) -> tuple[keras.Model, str]:
     """The model to fit, compiled, and what it starts from (the champion may not fit after all).
@@ -288,13 +253,11 @@ def build_model(
     else:
         base = build_transfer_model(config.backbone, backbone_weights, shape, classes)
     model = with_augmentation(base, config)
-    if warm_start is not None:
-        champion = keras.models.load_model(warm_start, safe_mode=True, compile=False)
-        if mismatch := warm_start_mismatch(champion, model):
-            if config.warm_start == "always":
-                raise SettingsError(f"RETRAINER_WARM_START=always, but {mismatch}")
-            log.info("Starting from a fresh model: %s", mismatch)
-            started_from = f"a fresh model ({mismatch})"
+    started_from = warm_start.description
+    if warm_start.champion is not None and warm_start.model is not None:
+        champion = warm_start.model
+        if mismatch := champion_mismatch(warm_start.champion, split, champion, model):
+            started_from = fresh_model_because(mismatch, config.warm_start).description
         else:
             model.set_weights(champion.get_weights())
     if not getattr(model, "compiled", False):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from retrainer.errors import SettingsError
-from retrainer.settings import DEFAULT_MODEL_FACTORY, Settings, TrainingConfig
+from retrainer.records import PreparationSpec
+from retrainer.settings import DEFAULT_MODEL_FACTORY, Settings
 from retrainer.storage import LocalStore, StoreError, open_store
 from retrainer.tensorflow_runtime import start_tensorflow
 
@@ -29,19 +30,20 @@ def check_stores(settings: Settings) -> None:
         raise SettingsError(f"RETRAINER_STORE_URL: {error}") from None
 
 
-def check_model_factory(config: TrainingConfig) -> None:
+def check_model_factory(settings: Settings) -> None:
     """A user's model factory is imported and built once on the real input size, before any
     download: a typo or a wrong output layer is a one-line error now, not after preparation.
 
     The built-in model is left out: it is tested here, and the check costs TensorFlow's start-up.
     """
-    if config.model_factory == DEFAULT_MODEL_FACTORY:
+    if settings.model_factory == DEFAULT_MODEL_FACTORY:
         return
-    start_tensorflow()
+    start_tensorflow(settings.tensorflow_logs)
+    from retrainer.data.image import input_shape
     from retrainer.models import build_from_factory
 
-    size = config.image_size
-    build_from_factory(config.model_factory, (size, size, 3), num_classes=3)
+    shape = input_shape(PreparationSpec.of(settings))
+    build_from_factory(settings.model_factory, shape, num_classes=3)
 
 
 def check_device(settings: Settings) -> None:
@@ -49,6 +51,7 @@ def check_device(settings: Settings) -> None:
     if settings.device == "gpu":
         from retrainer.devices import detect_devices
 
+        start_tensorflow(settings.tensorflow_logs)
         detect_devices(settings.mixed_precision, settings.device)
 
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from retrainer import Log
 from retrainer.checkpoints import CheckpointMirror
 from retrainer.layout import (
     CONFUSION_PLOT,
@@ -29,6 +28,7 @@ from retrainer.layout import (
 )
 from retrainer.plots import plot_confusion_matrix, plot_training_curves
 from retrainer.records import (
+    ChampionRecord,
     DataSplit,
     FileEntry,
     GateDecision,
@@ -105,10 +105,10 @@ def publish_version(
     split: DataSplit,
     trained: TrainedModel,
     decision: GateDecision,
+    champion: ChampionRecord | None,
     work: Work,
     checkpoints: CheckpointMirror,
     run_id: str,
-    log: Log = logger,
 ) -> Published:
     """Upload model, history, metrics, decision and manifest; promote if the gate passed.
 
@@ -155,7 +155,7 @@ def publish_version(
     )
 
     version_url = registry.store.describe(registry.keys.version(version))
-    log.info("Uploaded version %s to %s", version, version_url)
+    logger.info("Uploaded version %s to %s", version, version_url)
     published = Publication(
         status="rejected",
         model_name=registry.model_name,
@@ -169,7 +169,7 @@ def publish_version(
         champion_version=decision.champion_version,
         message=f"version {version} {decision.reason}; champion unchanged",
     )
-    outcome = promote_if_passed(registry, published, decision, run_id, log)
+    outcome = promote_if_passed(registry, published, decision, champion, run_id)
     registry.write_work_record(
         WorkRecord(
             work_key=manifest.work_key,
@@ -188,29 +188,34 @@ def promote_if_passed(
     registry: ModelRegistry,
     published: Publication,
     decision: GateDecision,
+    champion: ChampionRecord | None,
     run_id: str,
-    log: Log = logger,
 ) -> Publication:
-    """The publication as promoted, rejected, or lost to another run's promotion."""
+    """The publication as promoted, rejected, or lost to another run's promotion.
+
+    The promotion moves champion.json only if it still holds the champion this run read (its
+    ETag): a champion promoted or rolled back meanwhile is never silently replaced.
+    """
     version = str(published.version)
     if not decision.passed:
-        log.warning("Not promoted, %s", decision.reason)
+        logger.warning("Not promoted, %s", decision.reason)
         return published
     try:
-        promoted = registry.promote(version, run_id, decision.reason, decision.champion_etag)
+        expected = champion.etag if champion else None
+        promoted = registry.promote(version, run_id, decision.reason, expected)
     except PromotionConflict as conflict:
-        log.warning("Not promoted: %s", conflict)
-        champion, _ = registry.read_champion()
+        logger.warning("Not promoted: %s", conflict)
+        now, _ = registry.read_champion()
         return published.model_copy(
             update={
                 "status": "conflict",
-                "champion_version": champion.version if champion else None,
+                "champion_version": now.version if now else None,
                 "message": str(conflict),
             }
         )
-    log.info("Promoted version %s to champion of '%s'", version, registry.model_name)
+    logger.info("Promoted version %s to champion of '%s'", version, registry.model_name)
     served = registry.store.describe(registry.serving_location(promoted))
-    log.info("Laid out for TensorFlow Serving at %s", served)
+    logger.info("Laid out for TensorFlow Serving at %s", served)
     return published.model_copy(
         update={
             "status": "promoted",

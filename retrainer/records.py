@@ -282,6 +282,20 @@ class PairedTest(BaseModel):
         return f"bootstrap CI [{low:+.4f}, {high:+.4f}]"
 
 
+class Evaluation(BaseModel):
+    """What the gate judges: both models on the test split, and how sure each difference is."""
+
+    candidate: ModelScores = Field(description="the candidate on the test split")
+    candidate_validation: ModelScores | None = Field(
+        None, description="the candidate on the validation split early stopping chose it on"
+    )
+    champion: ModelScores | None = Field(None, description="the champion on the same images")
+    champion_version: str | None = None
+    note: str = Field("", description="how the champion was (or could not be) compared")
+    tests: dict[str, PairedTest] = Field(default_factory=dict)
+    test_images: int = 0
+
+
 class GateCheck(BaseModel):
     metric: str
     value: float
@@ -367,8 +381,9 @@ class Manifest(BaseModel):
 class ChampionRecord(BaseModel):
     """The champion as this run read it, once: warm start, gate and promotion all use this.
 
-    `etag` is the ETag of `champion.json` at that read; the promotion's compare-and-swap uses it,
-    so a champion that changes under the run is never silently replaced.
+    `etag` is the ETag of `champion.json` at that read; the promotion's compare-and-swap uses it
+    (passed from this record, never through the gate's decision), so a champion that changes
+    under the run is never silently replaced.
     """
 
     version: str
@@ -406,7 +421,6 @@ class GateDecision(BaseModel):
     )
     champion: ModelScores | None = Field(None, description="the champion on the same images")
     champion_version: str | None
-    champion_etag: str | None = Field(None, description="champion.json as read before the gate")
     champion_note: str = Field("", description="how the champion was (or could not be) compared")
     paired_tests: list[PairedTest] = Field(default_factory=list)
     test_images: int = 0

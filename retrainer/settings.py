@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -365,6 +365,12 @@ class Settings(TrainingConfig, BaseSettings):
         return self.model_copy(update={**given, "gate": gate})
 
 
+EPOCHS = TrainingConfig.model_fields["epochs"]
+BATCH_SIZE = TrainingConfig.model_fields["batch_size"]
+LEARNING_RATE = TrainingConfig.model_fields["learning_rate"]
+MIN_ACCURACY = AccuracyRule.model_fields["threshold"]
+
+
 class RetrainParameters(BaseModel):
     """What a person may change for one run, from the CLI or the Prefect UI's form.
 
@@ -373,11 +379,17 @@ class RetrainParameters(BaseModel):
 
     model_name: str | None = Field(None, description="Name the model is published under.")
     data_url: str | None = Field(None, description="s3://bucket/prefix or folder of class folders.")
-    epochs: int | None = Field(None, ge=1, le=1000, description="Training epochs.")
-    batch_size: int | None = Field(None, ge=1, le=4096, description="Images per batch.")
-    learning_rate: float | None = Field(None, gt=0.0, le=1.0, description="Adam learning rate.")
-    min_accuracy: float | None = Field(
-        None, ge=0.0, le=1.0, description="Gate: lowest test accuracy accepted."
+    # Bounds and descriptions are the settings' own: a run parameter overrides a setting.
+    epochs: Annotated[int, *EPOCHS.metadata] | None = Field(None, description=EPOCHS.description)
+    batch_size: Annotated[int, *BATCH_SIZE.metadata] | None = Field(
+        None, description=BATCH_SIZE.description
+    )
+    learning_rate: Annotated[float, *LEARNING_RATE.metadata] | None = Field(
+        None, description=LEARNING_RATE.description
+    )
+    min_accuracy: Annotated[float, *MIN_ACCURACY.metadata] | None = Field(
+        None,
+        description="Gate: lowest test accuracy accepted (RETRAINER_GATE__ACCURACY__THRESHOLD).",
     )
     force: bool = Field(False, description="Train even if nothing changed since the champion.")
 

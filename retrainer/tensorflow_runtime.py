@@ -9,7 +9,6 @@ RETRAINER_TENSORFLOW_LOGS=true to see everything as TensorFlow writes it.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import sys
@@ -49,14 +48,22 @@ def _captured_stderr() -> Iterator[list[str]]:
             lines += capture.read().decode(errors="replace").splitlines()
 
 
-def wants_tensorflow_logs() -> bool:
-    return os.environ.get("RETRAINER_TENSORFLOW_LOGS", "").lower() in ("1", "true", "yes", "on")
+_started: list[StartUp] = []  # this process's start-up, once it happened
 
 
-@functools.cache
-def start_tensorflow() -> StartUp:
-    """Import TensorFlow and list its GPUs, once per process; say what it said about GPUs."""
-    if wants_tensorflow_logs():
+def start_tensorflow(show_logs: bool = False) -> StartUp:
+    """Import TensorFlow and list its GPUs, once per process; say what it said about GPUs.
+
+    `show_logs` (RETRAINER_TENSORFLOW_LOGS) lets its start-up lines through as it writes them;
+    the first call in a process decides, later ones get the same start-up.
+    """
+    if not _started:
+        _started.append(_start(show_logs))
+    return _started[0]
+
+
+def _start(show_logs: bool) -> StartUp:
+    if show_logs:
         import tensorflow as tf
 
         return StartUp(len(tf.config.list_physical_devices("GPU")), ())

@@ -17,6 +17,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from retrainer import Log
+from retrainer.champion import WarmStart
 from retrainer.checkpoints import CheckpointMirror
 from retrainer.data.inputs import input_fn
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
+from retrainer.layout import HISTORY_FILE, RunFolder
 from retrainer.models import BackboneWeights, build_model, start_fine_tuning
 from retrainer.records import DataSplit, TrainedModel
 from retrainer.settings import TrainingConfig
@@ -52,14 +54,12 @@ class EpochEnd(keras.callbacks.Callback):
         epochs: int,
         history: dict[str, list[float]],
         history_path: Path,
-        log: Log,
         on_epoch: Callable[[int, int], None] | None,
     ) -> None:
         super().__init__()
         self.epochs = epochs
         self.history = history
         self.history_path = history_path
-        self.log = log
         self.on_epoch = on_epoch
         self.started = 0.0
 
@@ -69,7 +69,7 @@ class EpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.monotonic() - self.started
         values = {name: float(value) for name, value in (logs or {}).items()}
-        self.log.info(
+        logger.info(
             "Epoch %d/%d: %s (%.1f s)",
             epoch + 1,
             self.epochs,
@@ -90,15 +90,14 @@ class MirrorCheckpoint(keras.callbacks.Callback):
     reads one line per epoch.
     """
 
-    def __init__(self, mirror: CheckpointMirror, log: Log) -> None:
+    def __init__(self, mirror: CheckpointMirror) -> None:
         super().__init__()
         self.mirror = mirror
-        self.log = log
         self.saved = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.mirror.save(epoch + 1)
-        say = self.log.debug if self.saved else self.log.info
+        say = logger.debug if self.saved else logger.info
         self.saved += 1
         say(
             "Checkpoint of epoch %d saved to %s%s",
@@ -123,9 +122,7 @@ def train_model(
     config: TrainingConfig,
     output_dir: Path,
     mirror: CheckpointMirror,
-    warm_start: Path | None = None,
-    started_from: str = "a fresh model",
-    log: Log = logger,
+    warm_start: WarmStart | None = None,
     on_epoch: Callable[[int, int], None] | None = None,
     plan: DevicePlan | None = None,
     backbone_weights: BackboneWeights | None = None,
@@ -134,108 +131,50 @@ def train_model(
     started_at = datetime.now(UTC)
     keras.utils.set_random_seed(config.seed)
     plan = plan or detect_devices(config.mixed_precision)
-    log.info(plan.description)
+    logger.info(plan.description)
     keras.mixed_precision.set_global_policy(plan.precision)
-
     strategy = strategy_for(plan)
-    # The batch size is per replica: the strategy splits each global batch between them.
-    replicas = strategy.num_replicas_in_sync
-    scaled = split.model_copy(update={"batch_size": split.batch_size * replicas})
-    train = input_fn(scaled, "train", shuffle=True, seed=config.seed)
-    validation = input_fn(scaled, "validation", shuffle=False)
     with strategy.scope():
         model, started_from = build_model(
-            config, split, warm_start, started_from, log, backbone_weights
+            config, split, warm_start or WarmStart("a fresh model"), backbone_weights
         )
 
-    mirror.local_dir.mkdir(parents=True, exist_ok=True)
-    resumed_from = mirror.restore(log)
-    history_path = mirror.local_dir / "history.json"
-    history: dict[str, list[float]] = {}
-    total_epochs = config.total_epochs
-    if resumed_from:
-        saved = json.loads(history_path.read_text())
-        history = {name: values[:resumed_from] for name, values in saved.items()}
-        log.info("Resuming at epoch %d of %d", resumed_from + 1, total_epochs)
-    log.info(
-        "Training for %d epochs on %d images, validating on %d, batch size %d (%d per replica "
-        "on %d replica(s)), from %s",
-        total_epochs,
-        split.train_count,
-        split.validation_count,
-        scaled.batch_size,
-        split.batch_size,
-        replicas,
-        started_from,
+    resumed_from, history = resume(mirror, config)
+    # The batch size is per replica: the strategy splits each global batch between them.
+    batches = split.model_copy(
+        update={"batch_size": split.batch_size * strategy.num_replicas_in_sync}
     )
-    tensorboard_dir = output_dir / "tensorboard"
-    callbacks: list[keras.callbacks.Callback] = [
-        EpochEnd(total_epochs, history, history_path, log, on_epoch),
-        keras.callbacks.BackupAndRestore(str(mirror.local_dir), delete_checkpoint=False),
-        MirrorCheckpoint(mirror, log),
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.TensorBoard(str(tensorboard_dir), write_graph=False, profile_batch=0),
-    ]
-    early_stopping: list[keras.callbacks.Callback] = []
-    if config.early_stopping_patience:
-        early_stopping.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
     weights = class_weights(split, config)
-    if weights:
-        log.info(
-            "Class weights (balanced from the training counts): %s",
-            ", ".join(f"{split.class_names[i]} {w:.2f}" for i, w in weights.items()),
-        )
-
-    def fit(first_epoch: int, last_epoch: int, stops: list[keras.callbacks.Callback]) -> None:
-        """Epochs first_epoch+1 to last_epoch; BackupAndRestore moves the start to the last
-        finished epoch of this work."""
-        try:
-            model.fit(
-                train,
-                validation_data=validation,
-                initial_epoch=first_epoch,
-                epochs=last_epoch,
-                class_weight=weights,
-                callbacks=callbacks + stops,
-                shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle tf.data
-                verbose=0,
-            )
-        except tf.errors.ResourceExhaustedError as error:
-            # The same batch on the same card would run out again: not worth a retry.
-            raise OutOfDeviceMemory(
-                f"training on {', '.join(plan.devices)} ran out of memory with batches of "
-                f"{scaled.batch_size} images of {split.image_size} px: lower "
-                "RETRAINER_BATCH_SIZE (or RETRAINER_IMAGE_SIZE); the last finished epoch is kept "
-                f"and training resumes there ({str(error.message).splitlines()[0][:200]})"
-            ) from None
+    say_how_training_goes(config, split, batches.batch_size, weights, started_from)
+    run = RunFolder(output_dir)
+    phase = FitPhase(
+        model=model,
+        train=input_fn(batches, "train", shuffle=True, seed=config.seed),
+        validation=input_fn(batches, "validation", shuffle=False),
+        class_weight=weights,
+        callbacks=[
+            EpochEnd(config.total_epochs, history, mirror.local_dir / HISTORY_FILE, on_epoch),
+            keras.callbacks.BackupAndRestore(str(mirror.local_dir), delete_checkpoint=False),
+            MirrorCheckpoint(mirror),
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
+        ],
+        early_stopping_patience=config.early_stopping_patience,
+        out_of_memory=f"training on {', '.join(plan.devices)} ran out of memory with batches of "
+        f"{batches.batch_size} images of {split.image_size} px",
+    )
 
     fine_tuning = config.total_epochs > config.epochs
-    if fine_tuning:
-        log.info(
-            "Transfer learning on %s: %d epochs train the new classifier on the frozen "
-            "backbone (learning rate %g), then %d fine-tune the backbone too (learning rate %g)",
-            config.backbone,
-            config.epochs,
-            config.learning_rate,
-            config.fine_tune_epochs,
-            config.fine_tune_learning_rate,
-        )
     # A resumed run that finished every epoch still calls fit: BackupAndRestore loads the last
     # epoch's weights there. When fine-tuning was reached, its own fit loads them.
     if resumed_from < config.epochs or not fine_tuning:
         # Early stopping belongs to the last phase: a frozen phase cut short would leave the
         # fine-tuning phase no fixed epoch to start, and resume, at.
-        fit(0, config.epochs, [] if fine_tuning else early_stopping)
-    if fine_tuning and not any(math.isnan(value) for value in history.get("loss", [])):
+        phase.fit(0, config.epochs, early_stopping=not fine_tuning)
+    if fine_tuning and not diverged(history):
         with strategy.scope():
             trainable = start_fine_tuning(model, config)
-        log.info(
+        logger.info(
             "Fine-tuning from epoch %d: the backbone trains too (%d weights train)",
             config.epochs + 1,
             trainable,
@@ -244,36 +183,143 @@ def train_model(
             # The checkpoint of the last frozen epoch holds that phase's optimizer, which has
             # fewer variables than the new one: Keras skips it with a warning, as it should.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            fit(config.epochs, total_epochs, early_stopping)
+            phase.fit(config.epochs, config.total_epochs, early_stopping=True)
 
+    return outcome(
+        model, history, run, config, plan.description, started_from, resumed_from, started_at
+    )
+
+
+def resume(mirror: CheckpointMirror, config: TrainingConfig) -> tuple[int, dict[str, list[float]]]:
+    """The last finished epoch of this work (0 if none) and the history up to it."""
+    mirror.local_dir.mkdir(parents=True, exist_ok=True)
+    resumed_from = mirror.restore()
+    if not resumed_from:
+        return 0, {}
+    saved = json.loads((mirror.local_dir / HISTORY_FILE).read_text())
+    logger.info("Resuming at epoch %d of %d", resumed_from + 1, config.total_epochs)
+    return resumed_from, {name: values[:resumed_from] for name, values in saved.items()}
+
+
+def say_how_training_goes(
+    config: TrainingConfig,
+    split: DataSplit,
+    global_batch: int,
+    weights: dict[int, float] | None,
+    started_from: str,
+) -> None:
+    logger.info(
+        "Training for %d epochs on %d images, validating on %d, batch size %d (%d per replica "
+        "on %d replica(s)), from %s",
+        config.total_epochs,
+        split.train_count,
+        split.validation_count,
+        global_batch,
+        split.batch_size,
+        global_batch // split.batch_size,
+        started_from,
+    )
+    if weights:
+        logger.info(
+            "Class weights (balanced from the training counts): %s",
+            ", ".join(f"{split.class_names[i]} {w:.2f}" for i, w in weights.items()),
+        )
+    if config.total_epochs > config.epochs:
+        logger.info(
+            "Transfer learning on %s: %d epochs train the new classifier on the frozen "
+            "backbone (learning rate %g), then %d fine-tune the backbone too (learning rate %g)",
+            config.backbone,
+            config.epochs,
+            config.learning_rate,
+            config.fine_tune_epochs,
+            config.fine_tune_learning_rate,
+        )
+
+
+@dataclass(frozen=True)
+class FitPhase:
+    """One call of `model.fit` over a range of epochs: the frozen phase, fine-tuning, or all."""
+
+    model: keras.Model
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    class_weight: dict[int, float] | None
+    callbacks: list[keras.callbacks.Callback]
+    early_stopping_patience: int
+    out_of_memory: str = field(repr=False)
+
+    def fit(self, first_epoch: int, last_epoch: int, early_stopping: bool) -> None:
+        """Epochs first_epoch+1 to last_epoch; BackupAndRestore moves the start to the last
+        finished epoch of this work."""
+        stops = []
+        if early_stopping and self.early_stopping_patience:
+            stops.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=self.early_stopping_patience,
+                    restore_best_weights=True,
+                )
+            )
+        try:
+            self.model.fit(
+                self.train,
+                validation_data=self.validation,
+                initial_epoch=first_epoch,
+                epochs=last_epoch,
+                class_weight=self.class_weight,
+                callbacks=self.callbacks + stops,
+                shuffle=False,  # the dataset shuffles itself; Keras cannot shuffle tf.data
+                verbose=0,
+            )
+        except tf.errors.ResourceExhaustedError as error:
+            # The same batch on the same card would run out again: not worth a retry.
+            raise OutOfDeviceMemory(
+                f"{self.out_of_memory}: lower RETRAINER_BATCH_SIZE (or RETRAINER_IMAGE_SIZE); the "
+                "last finished epoch is kept and training resumes there "
+                f"({str(error.message).splitlines()[0][:200]})"
+            ) from None
+
+
+def diverged(history: dict[str, list[float]]) -> bool:
+    return any(math.isnan(value) for value in history.get("loss", []))
+
+
+def outcome(
+    model: keras.Model,
+    history: dict[str, list[float]],
+    run: RunFolder,
+    config: TrainingConfig,
+    device: str,
+    started_from: str,
+    resumed_from: int,
+    started_at: datetime,
+) -> TrainedModel:
+    """Save the model and its full history in the run folder, and say how training ended."""
     epochs_run = len(history.get("loss", []))
-    diverged = None
-    if any(math.isnan(value) for value in history.get("loss", [])):
-        diverged = f"the training loss became NaN in epoch {epochs_run}"
-        log.error("Training diverged: %s", diverged)
-    elif epochs_run < total_epochs:
-        log.info(
+    why_diverged = None
+    if diverged(history):
+        why_diverged = f"the training loss became NaN in epoch {epochs_run}"
+        logger.error("Training diverged: %s", why_diverged)
+    elif epochs_run < config.total_epochs:
+        logger.info(
             "Stopped early after epoch %d: val_loss had not improved for %d epochs; "
             "the best weights are kept",
             epochs_run,
             config.early_stopping_patience,
         )
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = output_dir / "model.keras"
-    model.save(model_path)
-    final_history = output_dir / "history.json"
-    final_history.write_text(json.dumps(history, indent=2))
+    run.root.mkdir(parents=True, exist_ok=True)
+    model.save(run.model)
+    run.history.write_text(json.dumps(history, indent=2))
     return TrainedModel(
-        model_path=model_path,
-        history_path=final_history,
-        tensorboard_dir=tensorboard_dir,
-        device=plan.description,
+        model_path=run.model,
+        history_path=run.history,
+        tensorboard_dir=run.tensorboard,
+        device=device,
         started_from=started_from,
         resumed_from_epoch=resumed_from,
         epochs_run=epochs_run,
         started_at=started_at,
         finished_at=datetime.now(UTC),
-        diverged=diverged,
-        stopped_early=not diverged and epochs_run < total_epochs,
+        diverged=why_diverged,
+        stopped_early=not why_diverged and epochs_run < config.total_epochs,
     )

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from retrainer.records import ChampionRecord
-from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
-from tasks.lease import model_store
-from tasks.retries import retry_unless_bad_input
+from tasks.lease import model_registry
+from tasks.retries import io_task
 
 
-@task(
-    name="read champion",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("read champion")
 def read_champion(settings: Settings) -> ChampionRecord | None:
     """The champion, once the store matches it (history entry, serving folder): a change of
     champion cut short by a kill is finished here, by whichever run comes next."""
-    registry = ModelRegistry(model_store(settings), settings.model_name)
+    registry = model_registry(settings)
     log = get_run_logger()
     current, etag = registry.read_champion()
     champion = None

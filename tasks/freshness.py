@@ -9,11 +9,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from retrainer.freshness import identify_work, skip_if_unchanged
 from retrainer.records import ChampionRecord, DataSnapshot, Publication, Work
-from retrainer.registry import ModelRegistry
 from retrainer.report import artifact_key, skipped_report
 from retrainer.settings import Settings
-from retrainer.storage import open_store
-from tasks.retries import retry_unless_bad_input
+from tasks.lease import model_registry
+from tasks.retries import io_task
 from tasks.runtime import run_folder
 
 
@@ -24,17 +23,12 @@ def identify(snapshot: DataSnapshot, settings: Settings) -> Work:
     return work
 
 
-@task(
-    name="check for changes",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("check for changes")
 def check_for_changes(
     work: Work, champion: ChampionRecord | None, settings: Settings
 ) -> Publication | None:
     """The "skipped" outcome when this work was already done (promoted or rejected), else None."""
-    registry = ModelRegistry(open_store(settings.store_url), settings.model_name)
+    registry = model_registry(settings)
     done = skip_if_unchanged(registry, champion, work)
     if done:
         get_run_logger().info("Already done: %s", done.message)

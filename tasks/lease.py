@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect import get_run_logger
-
 from retrainer.lease import LeaseLost, ModelLease
+from retrainer.registry import ModelRegistry
 from retrainer.settings import Settings
 from retrainer.storage import ObjectStore, open_store
 from tasks.runtime import current_run_id
@@ -24,7 +23,6 @@ def model_lease(settings: Settings) -> Iterator[ModelLease]:
         settings.model_name,
         run_id=current_run_id(),
         seconds=settings.lease_seconds,
-        log=get_run_logger(),
     )
     with lease:
         _held[settings.model_name] = lease
@@ -40,3 +38,8 @@ def model_store(settings: Settings) -> ObjectStore:
     if lease is None:
         raise LeaseLost(f"this process holds no lease of '{settings.model_name}': nothing written")
     return lease.guard(open_store(settings.store_url))
+
+
+def model_registry(settings: Settings) -> ModelRegistry:
+    """The model's registry, on the model store: every task reaches the registry through here."""
+    return ModelRegistry(model_store(settings), settings.model_name)

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from retrainer.data.listing import list_data
 from retrainer.records import DataSnapshot
 from retrainer.settings import Settings
 from retrainer.storage import open_store
-from tasks.retries import retry_unless_bad_input
+from tasks.retries import io_task
 from tasks.runtime import run_folder
 
 
-@task(
-    name="list data",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("list data")
 def list_objects(settings: Settings) -> DataSnapshot:
     log = get_run_logger()
     snapshot = list_data(open_store(settings.resolved_data_url), run_folder(settings).listing)

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from prefect import task
-
 from retrainer.preflight import check_before_work
 from retrainer.settings import Settings
-from tasks.retries import retry_unless_bad_input
+from tasks.retries import io_task
 
 
-@task(
-    name="check stores",
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("check stores")
 def preflight(settings: Settings) -> None:
     check_before_work(settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from retrainer.data.preparation import (
     mark_reader,
@@ -20,11 +20,11 @@ from retrainer.records import (
     PreparedData,
     PreparedIndex,
 )
-from tasks.retries import retry_unless_bad_input
+from tasks.retries import io_task
 from tasks.runtime import current_run_id
 
 
-@task(name="plan preparation", retries=2, retry_delay_seconds=10)
+@io_task("plan preparation")
 def plan(
     snapshot: DataSnapshot, prepared_at: str, spec: PreparationSpec, keep_in: Path | None
 ) -> tuple[PreparedIndex, list[PreparationChunk]]:
@@ -32,12 +32,7 @@ def plan(
     return plan_preparation(snapshot, prepared_at, spec, keep_in)
 
 
-@task(
-    name="prepare chunk",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("prepare chunk")
 def prepare(chunk: PreparationChunk) -> PreparedChunk:
     """Runs on a thread of this worker, or on a Dask worker: needs only the stores' URLs."""
     log = get_run_logger()
@@ -55,7 +50,7 @@ def prepare(chunk: PreparationChunk) -> PreparedChunk:
     return prepared
 
 
-@task(name="record preparation", retries=2, retry_delay_seconds=10)
+@io_task("record preparation")
 def record(
     snapshot: DataSnapshot,
     prepared_at: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
@@ -12,6 +11,7 @@ from retrainer.checkpoints import checkpoint_mirror
 from retrainer.events import model_event, model_resource
 from retrainer.publishing import publish_version
 from retrainer.records import (
+    ChampionRecord,
     DataSplit,
     GateDecision,
     Publication,
@@ -19,38 +19,33 @@ from retrainer.records import (
     ValidatedData,
     Work,
 )
-from retrainer.registry import ModelRegistry
 from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
-from tasks.lease import model_store
-from tasks.retries import retry_unless_bad_input
+from tasks.lease import model_registry
+from tasks.retries import io_task
 from tasks.runtime import current_run_id, run_folder
 
 
-@task(
-    name="publish model",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("publish model")
 def publish(
     data: ValidatedData,
     split: DataSplit,
     work: Work,
     trained: TrainedModel,
     decision: GateDecision,
+    champion: ChampionRecord | None,
     settings: Settings,
 ) -> Publication:
-    registry = ModelRegistry(model_store(settings), settings.model_name)
+    registry = model_registry(settings)
     published = publish_version(
         registry,
         split,
         trained,
         decision,
+        champion,
         work,
         checkpoint_mirror(registry.store, settings.cache_dir, settings.model_name, work.key),
         run_id=current_run_id(),
-        log=get_run_logger(),
     )
     publication = published.publication
     emit_event(

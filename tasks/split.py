@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from retrainer.data.preparation import unmark_reader
@@ -10,16 +10,11 @@ from retrainer.data.shards import fetch_shards
 from retrainer.data.splits import split_data
 from retrainer.records import DataSplit, ValidatedData
 from retrainer.settings import Settings
-from tasks.retries import retry_unless_bad_input
+from tasks.retries import io_task
 from tasks.runtime import current_run_id, progress_reporter, run_folder
 
 
-@task(
-    name="split data",
-    retries=2,
-    retry_delay_seconds=[10, 60],
-    retry_condition_fn=retry_unless_bad_input,
-)
+@io_task("split data")
 def split(data: ValidatedData, settings: Settings) -> DataSplit:
     shards = fetch_shards(
         data.prepared,

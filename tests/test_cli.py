@@ -46,7 +46,7 @@ def test_bad_command_line_value_names_the_option(capsys: pytest.CaptureFixture[s
     assert_one_line_error(err, "--epochs")
 
 
-def test_unknown_url_scheme(
+def test_an_unknown_url_scheme_is_one_line_naming_the_setting_and_writes_nothing(
     capsys: pytest.CaptureFixture[str], isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RETRAINER_STORE_URL", "gs://bucket/models")
@@ -150,7 +150,7 @@ def test_run_options_come_from_the_run_parameters_with_their_help(
     assert "Training epochs. (>= 1, <= 1000)" in out
 
 
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("retrainer 0.1.0")
@@ -310,3 +310,30 @@ def test_an_unexpected_store_failure_prints_its_story_without_the_password(
     assert "hunter2" not in err
     assert "http://***@127.0.0.1" in err
     assert err.strip().splitlines()[-1].startswith("error: ConnectionClosedError: ")
+
+
+def test_promote_and_rollback_from_the_cli_move_the_champion_and_say_who_and_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
+    registry = ModelRegistry(LocalStore(tmp_path / "store"), "demo")
+    for version in ("v1", "v2"):
+        publish_stub_version(registry, version, {"metrics.json": b"{}"}, ["a"])
+    registry.promote("v1", "run-1", "passed", None)
+
+    assert main(["promote", "v2", "--reason", "hotfix approved by Ana"]) == 0
+    champion, _ = registry.read_champion()
+    assert champion is not None and champion.version == "v2"
+    assert champion.reason == "override: hotfix approved by Ana"
+    assert champion.run_id.startswith("manual by ")
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "* v2 " in out and out.rstrip().endswith("champion")
+
+    assert main(["rollback", "--reason", "regression"]) == 0
+    champion, _ = registry.read_champion()
+    assert champion is not None and champion.version == "v1"
+
+    assert main(["promote", "nope", "--reason", "x"]) == 1
+    assert "not fully published" in capsys.readouterr().err

@@ -9,16 +9,11 @@ import keras
 import numpy as np
 import pytest
 
+from retrainer.champion import ChampionUnavailable
 from retrainer.data.local import split_here
-from retrainer.evaluation import (
-    ChampionUnavailable,
-    Evaluation,
-    evaluate,
-    predict,
-    score_predictions,
-)
+from retrainer.evaluation import evaluate, predict, score_predictions
 from retrainer.models import build_default_model
-from retrainer.records import DataSplit
+from retrainer.records import DataSplit, Evaluation
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings, TrainingConfig
 from retrainer.storage import LocalStore
@@ -92,7 +87,7 @@ def test_an_unloadable_champion_fails_the_gate_closed(
 ) -> None:
     candidate = saved_model(tmp_path / "candidate.keras", seed=1)
     champion_of(registry, b"not a keras file")
-    with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
+    with pytest.raises(ChampionUnavailable, match="could not be loaded, so nothing is promoted"):
         evaluated(candidate, data_split, registry, tmp_path / "m")
 
 
@@ -108,3 +103,19 @@ def test_a_champion_model_that_differs_from_its_manifest_is_never_loaded(
     with pytest.raises(ChampionUnavailable, match="does not match the sha256 in its manifest"):
         evaluated(candidate, data_split, registry, tmp_path / "m")
     assert not list((tmp_path / "m").rglob("model.keras")), "a mismatching file was kept"
+
+
+CLASSES = ["cat", "dog"]
+
+
+def test_scores_match_accuracy_recall_precision_loss_and_f1_computed_by_hand() -> None:
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 1, 1])
+    result = score_predictions(probabilities, labels, CLASSES)
+    assert result.accuracy == pytest.approx(0.75)
+    assert result.recall == {"cat": 1.0, "dog": pytest.approx(2 / 3)}
+    assert result.precision == {"cat": 0.5, "dog": 1.0}
+    assert result.confusion_matrix == [[1, 0], [1, 2]]
+    expected_loss = -np.mean(np.log([0.9, 0.8, 0.4, 0.7]))
+    assert result.loss == pytest.approx(expected_loss)
+    assert result.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)

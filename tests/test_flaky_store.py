@@ -10,8 +10,9 @@ from pathlib import Path
 import boto3
 import pytest
 
+from retrainer.champion import ChampionUnavailable
 from retrainer.data.local import split_here
-from retrainer.evaluation import ChampionUnavailable, evaluate
+from retrainer.evaluation import evaluate
 from retrainer.models import build_default_model
 from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings, TrainingConfig
@@ -25,7 +26,7 @@ from tests.flaky_proxy import Fault, FlakyProxy, always_for, every, first_n_for
 
 
 @pytest.mark.parametrize("action", ["slowdown", "drop"])
-def test_store_operations_survive_faults(
+def test_every_store_operation_survives_the_proxys_faults(
     bucket: str, flaky: Callable[[Fault], FlakyProxy], tmp_path: Path, action: str
 ) -> None:
     proxy = flaky(every(3, action))
@@ -152,7 +153,7 @@ def test_a_champion_model_that_stays_unreachable_fails_the_gate_closed(
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     unreachable = ModelRegistry(S3Store(bucket, "registry"), "m")
 
-    with pytest.raises(ChampionUnavailable, match="could not be scored, so nothing is promoted"):
+    with pytest.raises(ChampionUnavailable, match="could not be loaded, so nothing is promoted"):
         evaluate(
             tmp_path / "model.keras",
             data_split,

@@ -305,7 +305,7 @@ def test_a_champion_that_cannot_be_scored_fails_the_run_and_promotes_nothing(
     state = retrain(RetrainParameters(epochs=1, min_accuracy=0.0, force=True), return_state=True)
 
     assert state.is_failed()
-    assert f"champion {first.version} could not be scored, so nothing is promoted" in str(
+    assert f"champion {first.version} could not be loaded, so nothing is promoted" in str(
         state.message
     )
     assert store.get("models/demo/champion.json") == champion_before
@@ -510,7 +510,8 @@ def test_preparation_runs_its_chunks_on_a_local_two_process_dask_cluster(
             dask_address=cluster.scheduler_address,
         )
         runner = task_runner_for(settings)
-        prepared = prepare_dataset.with_options(task_runner=runner)(snapshot, settings)
+        prepare = prepare_dataset.with_options(task_runner=runner)
+        prepared = prepare(snapshot, settings, tmp_path / "run" / "prepared-index.json")
 
     assert (prepared.prepared, prepared.shards_written) == (60, 6)
     assert len(prepared.read_index().shards) == 6

@@ -10,7 +10,7 @@ import pytest
 
 from retrainer.evaluation import score_predictions
 from retrainer.gating import decide
-from retrainer.records import GateDecision, ModelScores
+from retrainer.records import Evaluation, GateDecision, ModelScores
 from retrainer.settings import GateSettings
 from retrainer.significance import mcnemar_p_value, paired_tests
 
@@ -31,15 +31,15 @@ def scores(
 
 
 def judge(candidate: ModelScores, champion: ModelScores | None, **gate: object) -> GateDecision:
-    return decide(
-        candidate, champion, GateSettings.model_validate(gate), "v0" if champion else None, None
+    evaluation = Evaluation(
+        candidate=candidate, champion=champion, champion_version="v0" if champion else None
     )
+    return decide(evaluation, GateSettings.model_validate(gate))
 
 
 def test_first_model_is_judged_by_the_thresholds_alone() -> None:
-    decision = decide(
-        scores(0.9), None, GateSettings(), None, None, "first model: no champion to beat"
-    )
+    evaluation = Evaluation(candidate=scores(0.9), note="first model: no champion to beat")
+    decision = decide(evaluation, GateSettings())
     assert decision.passed
     assert "no champion to beat" in decision.reason
     assert decision.reason.startswith("passed")
@@ -92,34 +92,10 @@ def test_a_class_whose_recall_collapses_is_caught_though_the_average_rises() -> 
 def test_nan_training_is_rejected_with_its_reason() -> None:
     nan = scores(math.nan, loss=math.nan)
     decision = decide(
-        nan,
-        None,
-        GateSettings(),
-        None,
-        None,
-        diverged="the training loss became NaN in epoch 2",
+        Evaluation(candidate=nan), GateSettings(), "the training loss became NaN in epoch 2"
     )
     assert not decision.passed
     assert decision.reason == "rejected: the training loss became NaN in epoch 2"
-
-
-def test_scores_from_predictions() -> None:
-    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    labels = np.array([0, 1, 1, 1])
-    result = score_predictions(probabilities, labels, CLASSES)
-    assert result.accuracy == pytest.approx(0.75)
-    assert result.recall == {"cat": 1.0, "dog": pytest.approx(2 / 3)}
-    assert result.precision == {"cat": 0.5, "dog": 1.0}
-    assert result.confusion_matrix == [[1, 0], [1, 2]]
-    expected_loss = -np.mean(np.log([0.9, 0.8, 0.4, 0.7]))
-    assert result.loss == pytest.approx(expected_loss)
-    assert result.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
-
-
-def test_non_finite_predictions_score_nan_and_fail() -> None:
-    result = score_predictions(np.full((2, 2), np.nan), np.array([0, 1]), CLASSES)
-    assert math.isnan(result.accuracy)
-    assert not judge(result, None).passed
 
 
 def predictions(right: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -141,15 +117,14 @@ def paired_decision(
     champion = predictions(champion_right, labels)
     settings = GateSettings.model_validate(gate)
     tests = paired_tests(candidate, champion, labels, CLASSES, 0.05, 500, seed=7)
-    return decide(
-        score_predictions(candidate, labels, CLASSES),
-        score_predictions(champion, labels, CLASSES),
-        settings,
-        "v0",
-        None,
+    evaluation = Evaluation(
+        candidate=score_predictions(candidate, labels, CLASSES),
+        champion=score_predictions(champion, labels, CLASSES),
+        champion_version="v0",
         tests=tests,
         test_images=len(labels),
     )
+    return decide(evaluation, settings)
 
 
 def test_mcnemar_exact_p_value_of_known_discordant_pairs() -> None:
@@ -229,3 +204,9 @@ def test_too_small_to_judge_is_said_and_keeps_the_champion_or_falls_back() -> No
     plain = paired_decision(candidate_right, champion_right, when_too_small="plain")
     assert plain.passed
     assert "judged by the plain thresholds" in plain.reason
+
+
+def test_non_finite_predictions_score_nan_and_fail() -> None:
+    result = score_predictions(np.full((2, 2), np.nan), np.array([0, 1]), CLASSES)
+    assert math.isnan(result.accuracy)
+    assert not judge(result, None).passed

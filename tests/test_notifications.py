@@ -19,7 +19,9 @@ from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 
 from flows.notifications import FAILED_AUTOMATION, REJECTED_AUTOMATION
+from flows.schedule import nightly_schedule
 from retrainer.cli import main
+from retrainer.events import model_event, model_resource
 from tests.conftest import free_port
 
 # Every test here needs a Prefect API server (about 30 s to start): the slow lane.
@@ -64,9 +66,9 @@ def test_notify_creates_both_automations_and_a_rejection_is_sent(
             (automation,) = client.read_automations_by_name(name)
             assert automation.actions[0].type == "send-notification"
 
-    emit_event(
-        event="retrainer.model.rejected",
-        resource={"prefect.resource.id": "retrainer.model.demo", "prefect.resource.name": "demo"},
+    emit_event(  # as the publish task emits it
+        event=model_event("rejected"),
+        resource=model_resource("demo"),
         payload={"message": "version v9 rejected: val_accuracy 0.7000 < 0.8000"},
     )
     deadline = time.monotonic() + 60
@@ -108,7 +110,7 @@ def test_serve_registers_the_nightly_schedule(prefect_api_url: str, tmp_path: Pa
                     deployment = None
         assert deployment is not None, "serve registered no deployment"
         (schedule,) = deployment.schedules
-        assert schedule.schedule.cron == "0 2 * * *"
+        assert schedule.schedule.cron == nightly_schedule()["cron"]  # prefect.yaml's, once
         assert schedule.schedule.timezone == "Europe/Paris"
     finally:
         process.send_signal(signal.SIGINT)

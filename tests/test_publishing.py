@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,11 @@ from retrainer.evaluation import score_predictions
 from retrainer.gating import decide
 from retrainer.publishing import promote_if_passed
 from retrainer.records import (
-    DataSnapshot,
-    DataSplit,
+    Evaluation,
     GateDecision,
-    PreparationSpec,
-    PreparedData,
     Publication,
     QuarantinedFile,
     RefusedObject,
-    TrainedModel,
-    ValidatedData,
 )
 from retrainer.registry import ModelRegistry
 from retrainer.report import run_report
@@ -32,27 +26,27 @@ from retrainer.settings import GateSettings
 from retrainer.significance import paired_tests
 from retrainer.storage import LocalStore
 from tasks.retries import retry_unless_bad_input
+from tests import records
 from tests.conftest import publish_stub_version
 
 CLASSES = ["cat", "dog"]
 PNG = b"\x89PNG not really"
 
 
-def a_decision(champion_version: str | None = "v1", etag: str | None = None) -> GateDecision:
+def a_decision(champion_version: str | None = "v1") -> GateDecision:
     labels = np.arange(100) % 2
     candidate = np.eye(2)[np.where(np.arange(100) < 95, labels, 1 - labels)] * 0.8 + 0.1
     champion = np.eye(2)[np.where(np.arange(100) < 85, labels, 1 - labels)] * 0.8 + 0.1
-    return decide(
-        score_predictions(candidate, labels, CLASSES),
-        score_predictions(champion, labels, CLASSES),
-        GateSettings(),
-        champion_version,
-        etag,
-        champion_note="compared with champion v1 on the same test images",
-        tests=paired_tests(candidate, champion, labels, CLASSES, 0.05, 200, seed=0),
+    evaluation = Evaluation(
+        candidate=score_predictions(candidate, labels, CLASSES),
         candidate_validation=score_predictions(candidate, labels, CLASSES),
+        champion=score_predictions(champion, labels, CLASSES),
+        champion_version=champion_version,
+        note="compared with champion v1 on the same test images",
+        tests=paired_tests(candidate, champion, labels, CLASSES, 0.05, 200, seed=0),
         test_images=100,
     )
+    return decide(evaluation, GateSettings())
 
 
 def unpromoted(version: str) -> Publication:
@@ -74,12 +68,12 @@ def test_a_passing_candidate_whose_champion_moved_meanwhile_ends_in_conflict(
     for version in ("v1", "v2", "v3"):
         publish_stub_version(registry, version, {"model.keras": b"w"}, CLASSES)
     registry.promote("v1", "run-1", "passed", None)
-    _, etag_seen_by_both = registry.read_champion()
-    decision = a_decision("v1", etag_seen_by_both)
+    read_by_both = registry.read_champion_record()  # its ETag guards each promotion
+    decision = a_decision("v1")
     assert decision.passed
 
-    first = promote_if_passed(registry, unpromoted("v2"), decision, "run-2")
-    second = promote_if_passed(registry, unpromoted("v3"), decision, "run-3")
+    first = promote_if_passed(registry, unpromoted("v2"), decision, read_by_both, "run-2")
+    second = promote_if_passed(registry, unpromoted("v3"), decision, read_by_both, "run-3")
 
     assert first.status == "promoted" and first.champion_version == "v2"
     assert second.status == "conflict"
@@ -90,57 +84,12 @@ def test_a_passing_candidate_whose_champion_moved_meanwhile_ends_in_conflict(
 def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> None:
     decision = a_decision()
     refused = [RefusedObject(key="../escape.png", reason="has an empty, '.' or '..' component")]
-    snapshot = DataSnapshot(
-        source_url="s3://data/pets",
-        fingerprint="f" * 64,
-        file_count=203,
-        listing_path=Path("/run/listing.json"),
-        refused=refused,
-    )
-    prepared = PreparedData(
-        snapshot=snapshot,
-        prepared_url="s3://models/prepared/abc/def",
-        spec=PreparationSpec(image_size=32, max_image_bytes=10**6, max_image_pixels=10**6),
-        index_path=Path("/run/prepared-index.json"),
-        prepared=3,
-        reused=200,
-        shards_written=1,
-        refused=refused,
-    )
-    data = ValidatedData(
-        prepared=prepared,
-        class_names=CLASSES,
-        images_per_class={"cat": 100, "dog": 100},
-        usable_path=Path("/run/usable-images.json"),
+    data = records.validated_data(
+        prepared=records.prepared_data(refused=refused),
         quarantined=[QuarantinedFile(path="dog/broken.jpg", reason="does not decode")],
     )
-    data_split = DataSplit(
-        split_path=Path("/cache/split.json"),
-        class_names=CLASSES,
-        preprocessing=prepared.spec,
-        batch_size=8,
-        train_count=130,
-        validation_count=30,
-        test_count=40,
-        validation_fraction=0.15,
-        test_fraction=0.2,
-        train_per_class={"cat": 65, "dog": 65},
-        validation_per_class={"cat": 15, "dog": 15},
-        test_per_class={"cat": 20, "dog": 20},
-        data_fingerprint="f" * 64,
-    )
-    now = datetime.now(UTC)
-    trained = TrainedModel(
-        model_path=Path("/run/model.keras"),
-        history_path=Path("/run/history.json"),
-        tensorboard_dir=Path("/run/tensorboard"),
-        device="No GPU found: training on the CPU (float32)",
-        started_from="champion v1",
-        epochs_run=7,
-        started_at=now,
-        finished_at=now,
-        stopped_early=True,
-    )
+    data_split = records.data_split()
+    trained = records.trained_model(started_from="champion v1", epochs_run=7, stopped_early=True)
     published = unpromoted("v2").model_copy(update={"status": "promoted"})
 
     report = run_report(data, data_split, trained, decision, published, {"curves.png": PNG})

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from retrainer.cli import main
 from retrainer.errors import RegistryCorrupt
 from retrainer.registry import ModelIntegrityError, ModelRegistry, PromotionConflict
 from retrainer.storage import LocalStore, ObjectStore, S3Store
@@ -96,33 +95,6 @@ def test_rollback_restores_the_previous_champion(store: ObjectStore) -> None:
     assert registry.rollback("manual", "again").version == "v1"
     with pytest.raises(ValueError, match="no previous champion"):
         registry.rollback("manual", "nothing left")
-
-
-def test_cli_promote_override_and_rollback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
-    registry = ModelRegistry(LocalStore(tmp_path / "store"), "demo")
-    publish_stub(registry, "v1")
-    publish_stub(registry, "v2")
-    registry.promote("v1", "run-1", "passed", None)
-
-    assert main(["promote", "v2", "--reason", "hotfix approved by Ana"]) == 0
-    champion, _ = registry.read_champion()
-    assert champion is not None and champion.version == "v2"
-    assert champion.reason == "override: hotfix approved by Ana"
-    assert champion.run_id.startswith("manual by ")
-
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
-    assert "* v2 " in out and out.rstrip().endswith("champion")
-
-    assert main(["rollback", "--reason", "regression"]) == 0
-    champion, _ = registry.read_champion()
-    assert champion is not None and champion.version == "v1"
-
-    assert main(["promote", "nope", "--reason", "x"]) == 1
-    assert "not fully published" in capsys.readouterr().err
 
 
 def test_a_champion_model_is_downloaded_once_and_checked(tmp_path: Path) -> None:
@@ -336,25 +308,3 @@ def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
         "v1/history.json: missing",
         "v1/model.keras: sha256 differs from the manifest's",
     ]
-
-
-def test_warm_start_always_fails_when_there_is_nothing_to_start_from(tmp_path: Path) -> None:
-    from retrainer.errors import SettingsError
-    from retrainer.models import find_warm_start
-    from retrainer.records import ChampionRecord, DataSplit
-
-    data_split = DataSplit.model_construct(class_names=["a", "b"])
-    registry = ModelRegistry(LocalStore(tmp_path), "m")
-    with pytest.raises(SettingsError, match="RETRAINER_WARM_START=always, but there is no champ"):
-        find_warm_start(registry, None, data_split, "always", tmp_path / "models")
-    other_classes = ChampionRecord(
-        version="v1",
-        etag="e",
-        class_names=["cat", "dog"],
-        work_key="k",
-        model_key="models/m/versions/v1/model.keras",
-        model_sha256="0" * 64,
-    )
-    with pytest.raises(SettingsError, match="champion v1 was trained on other classes"):
-        find_warm_start(registry, other_classes, data_split, "always", tmp_path / "models")
-    assert find_warm_start(registry, other_classes, data_split, "auto", tmp_path / "m")[0] is None

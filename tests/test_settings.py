@@ -15,7 +15,9 @@ def test_defaults_point_the_data_at_the_demo_dataset_in_the_store() -> None:
     assert settings.model_name == "demo"
 
 
-def test_environment_and_nested_values(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_variables_set_nested_gate_values_and_keep_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models-bucket/team")
     monkeypatch.setenv("RETRAINER_GATE__ACCURACY__THRESHOLD", "0.9")
     monkeypatch.setenv("RETRAINER_EPOCHS", "3")
@@ -125,3 +127,13 @@ def test_the_training_config_is_read_from_the_settings(monkeypatch: pytest.Monke
     config = load_settings().training_config()
     assert (config.epochs, config.test_fraction) == (3, 0.3)
     assert type(config) is TrainingConfig
+
+
+def test_run_parameters_take_their_bounds_from_the_settings_they_override() -> None:
+    bounds = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    parameters = RetrainParameters.model_json_schema()["properties"]
+    settings = TrainingConfig.model_json_schema()["properties"]
+    for name in ("epochs", "batch_size", "learning_rate"):
+        (given,) = (choice for choice in parameters[name]["anyOf"] if choice["type"] != "null")
+        expected = {key: value for key, value in settings[name].items() if key in bounds}
+        assert expected and {key: given[key] for key in given if key in bounds} == expected, name

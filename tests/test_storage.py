@@ -17,7 +17,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     return S3Store(bucket, "some/prefix")
 
 
-def test_put_get_list_head(store: ObjectStore) -> None:
+def test_a_put_object_reads_back_lists_in_order_and_heads_with_its_size(store: ObjectStore) -> None:
     store.put("a/1.txt", b"one")
     store.put("a/2.txt", b"two")
     store.put("b/3.txt", b"three")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import shutil
@@ -24,6 +23,7 @@ from retrainer.data.local import split_here
 from retrainer.devices import plan_devices
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
+from tests import records
 from tests.conftest import digit_images, write_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
         ([(6, 1)], "on", "gpu", ("/GPU:0",), "mixed_float16"),
     ],
 )
-def test_device_plan_from_the_gpu_list(
+def test_the_device_plan_follows_the_gpus_found_and_the_setting(
     capabilities: list[tuple[int, int] | None],
     setting: str,
     kind: str,
@@ -338,19 +338,20 @@ def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
 
 
 def test_warm_start_honours_mixed_precision_with_the_champions_weights(tmp_path: Path) -> None:
+    from retrainer.champion import WarmStart
     from retrainer.models import build_default_model, build_model
-    from retrainer.records import DataSplit, PreparationSpec
     from retrainer.settings import TrainingConfig
 
     champion = build_default_model((16, 16, 3), 3)  # saved in float32, as a CPU night saves it
     champion.save(tmp_path / "champion.keras")
-    spec = PreparationSpec(image_size=16, max_image_bytes=10**6, max_image_pixels=10**6)
-    data_split = DataSplit.model_construct(preprocessing=spec, class_names=["a", "b", "c"])
+    record = records.champion_record(class_names=["a", "b", "c"])
+    data_split = records.data_split(class_names=["a", "b", "c"])  # of 16 px images
     config = TrainingConfig(mixed_precision="on")
+    loaded = keras.models.load_model(tmp_path / "champion.keras", compile=False)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model, started_from = build_model(
-            config, data_split, tmp_path / "champion.keras", "champion v1", logging.getLogger()
+            config, data_split, WarmStart("champion v1", record, loaded)
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -421,18 +422,13 @@ def test_tensorflow_start_up_stays_out_of_the_output_but_its_gpu_reason_is_kept(
 
 
 def test_balanced_class_weights_come_from_the_training_counts() -> None:
-    from retrainer.records import DataSplit
     from retrainer.settings import TrainingConfig
     from retrainer.training import class_weights
 
-    imbalanced = DataSplit.model_construct(
-        class_names=["cat", "dog"], train_per_class={"cat": 30, "dog": 10}
-    )
+    imbalanced = records.data_split(train_per_class={"cat": 30, "dog": 10})
     assert class_weights(imbalanced, TrainingConfig()) == pytest.approx({0: 40 / 60, 1: 2.0})
     assert class_weights(imbalanced, TrainingConfig(class_weights="none")) is None
-    balanced = DataSplit.model_construct(
-        class_names=["cat", "dog"], train_per_class={"cat": 10, "dog": 10}
-    )
+    balanced = records.data_split(train_per_class={"cat": 10, "dog": 10})
     assert class_weights(balanced, TrainingConfig()) is None
 
 

@@ -125,6 +125,7 @@ def test_a_run_stopped_while_fine_tuning_resumes_there_and_fine_tunes_the_backbo
             backbone_weights=weights,
             on_epoch=preempt,
         )
+    caplog.clear()  # what the resumed run says
     with caplog.at_level(logging.INFO, logger="retrainer"):
         trained = train_model(
             digits_split, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
