@@ -43,3 +43,4 @@ bench: $(UV)
 	$(RUN) python -m bench.training
 	$(RUN) python -m bench.memory
 	$(RUN) python -m bench.photos
+	$(RUN) python -m bench.duplicates

@@ -1,9 +1,13 @@
-"""The nightly flow: list -> prepare -> validate -> split -> train -> gate -> publish."""
+"""The nightly flow: list -> (skip if nothing changed) -> prepare -> validate -> split -> train ->
+gate -> publish."""
 
 from __future__ import annotations
 
+import logging
+
 from prefect import flow, get_run_logger
 
+import retrainer
 from flows.prepare import prepare_dataset, task_runner_for
 from retrainer.errors import SettingsError
 from retrainer.records import Publication
@@ -12,7 +16,7 @@ from tasks.champion import read_champion
 from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
 from tasks.lease import model_lease
-from tasks.listing import list_objects
+from tasks.listing import list_data
 from tasks.preflight import preflight
 from tasks.publish import publish
 from tasks.runtime import run_folder
@@ -37,10 +41,11 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
     """Retrain the classifier on the latest data and promote it only if it passes the gate."""
     parameters = parameters or RetrainParameters()
     settings = load_settings().with_parameters(parameters)
+    logging.getLogger(retrainer.__name__).setLevel(settings.log_level)
     preflight(settings)
     with model_lease(settings):
         # Decided from one listing, before any image is downloaded or TensorFlow is imported.
-        snapshot = list_objects(settings)
+        snapshot = list_data(settings)
         champion = read_champion(settings)
         work = identify(snapshot, settings)
         if already_done := check_for_changes(work, champion, settings):

@@ -79,6 +79,19 @@ def split_note(champion: ChampionRecord, split: DataSplit) -> str:
     return ""
 
 
+def copies_in_words(split: DataSplit) -> str:
+    """What the gate does not score, or keeps out of training, because of copies; "" if nothing."""
+    parts = []
+    if split.test_left_out:
+        parts.append(
+            f"{split.test_left_out} test image(s) left out of the gate: a copy of each trained "
+            "before it came"
+        )
+    if split.held_out:
+        parts.append(f"{split.held_out} copy(ies) of test images held out of training")
+    return "; ".join(parts)
+
+
 def evaluate(
     candidate_path: Path,
     split: DataSplit,
@@ -105,7 +118,10 @@ def evaluate(
     )
 
     alone = Evaluation(
-        candidate=candidate, candidate_validation=validation, test_images=split.test_count
+        candidate=candidate,
+        candidate_validation=validation,
+        test_images=split.test_count,
+        copies=copies_in_words(split),
     )
     if champion is None:
         return alone.model_copy(update={"note": "first model: no champion to beat"})
@@ -147,4 +163,5 @@ def evaluate(
         note=note,
         tests=tests,
         test_images=split.test_count,
+        copies=alone.copies,
     )

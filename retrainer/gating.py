@@ -196,5 +196,6 @@ def decide(evaluation: Evaluation, gate: GateSettings, diverged: str | None = No
         champion_note=evaluation.note,
         paired_tests=list(tests.values()),
         test_images=test_images,
+        copies=evaluation.copies,
         significance_level=gate.significance_level,
     )

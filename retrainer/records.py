@@ -82,12 +82,24 @@ class PreparationSpec(BaseModel):
 
 
 class PreparedObject(BaseModel):
-    """One source object, prepared: its verdict and, when usable, the shard holding its pixels."""
+    """One source object, prepared: its verdict and, when usable, the shard holding its pixels
+    and its fingerprints (`retrainer.data.fingerprints`)."""
 
     etag: str
     size: int
     problem: str | None = Field(None, description="why it cannot train; None when it can")
     shard: str | None = Field(None, description="sha256 of the shard holding its record")
+    exact: str | None = Field(None, description="exact fingerprint of its prepared pixels")
+    perceptual: str | None = Field(None, description="perceptual fingerprint: 8x8 grey, in hex")
+    first_seen: datetime | None = Field(
+        None, description="when a night first prepared it: which of two copies came first"
+    )
+
+    @property
+    def fingerprinted(self) -> bool:
+        """Usable and fingerprinted, or unusable: nothing left to prepare. Entries of an index
+        from before the fingerprints are prepared again, once."""
+        return self.problem is not None or self.exact is not None
 
 
 class ShardInfo(BaseModel):
@@ -111,10 +123,12 @@ class PreparationChunk(BaseModel):
     prepared_url: str = Field(description="the store and prefix of the prepared dataset")
     spec: PreparationSpec
     objects: list[ListedObject] = Field(description="new or changed source objects to prepare")
-    carried: dict[str, list[ListedObject]] = Field(
+    carried: dict[str, dict[str, PreparedObject]] = Field(
         default_factory=dict,
-        description="records kept from mostly dead shards (compaction), by shard",
+        description="verdicts whose records are kept from mostly dead shards (compaction), by "
+        "shard and key",
     )
+    night: datetime = Field(description="when this night planned it: the first_seen it gives")
     keep_in: Path | None = Field(
         None, description="the local shards folder, when the chunk runs on the training worker"
     )
@@ -171,6 +185,18 @@ class UsableImage(BaseModel):
     etag: str
     shard: str
     label: int
+    first_seen: datetime | None = Field(None, description="when a night first prepared it")
+    copies: int | None = Field(
+        None, description="its group of copies (the same photograph under other keys), if any"
+    )
+
+
+class LabelConflict(BaseModel):
+    """Copies of one photograph filed under different classes."""
+
+    keys: list[str]
+    classes: list[str]
+    quarantined: bool
 
 
 USABLE = TypeAdapter(list[UsableImage])
@@ -184,6 +210,7 @@ class ValidatedData(BaseModel):
     images_per_class: dict[str, int]
     usable_path: Path = Field(description="JSON list of UsableImage, local to this worker")
     quarantined: list[QuarantinedFile] = Field(default_factory=list)
+    label_conflicts: list[LabelConflict] = Field(default_factory=list)
     class_change: str | None = Field(None, description="how the classes differ from the champion's")
 
     def read_usable(self) -> list[UsableImage]:
@@ -201,12 +228,14 @@ class DataSplit(BaseModel):
     batch_size: int
     train_count: int
     validation_count: int
-    test_count: int
+    test_count: int = Field(description="test images the gate scores (copies left out)")
     validation_fraction: float
     test_fraction: float
     train_per_class: dict[str, int]
     validation_per_class: dict[str, int]
     test_per_class: dict[str, int]
+    held_out: int = Field(0, description="copies of test images kept out of training, validation")
+    test_left_out: int = Field(0, description="test images left out of the gate: a copy trained")
     data_fingerprint: str
 
     @property
@@ -294,6 +323,7 @@ class Evaluation(BaseModel):
     note: str = Field("", description="how the champion was (or could not be) compared")
     tests: dict[str, PairedTest] = Field(default_factory=dict)
     test_images: int = 0
+    copies: str = Field("", description="test images left out and copies held out, in words")
 
 
 class GateCheck(BaseModel):
@@ -424,6 +454,7 @@ class GateDecision(BaseModel):
     champion_note: str = Field("", description="how the champion was (or could not be) compared")
     paired_tests: list[PairedTest] = Field(default_factory=list)
     test_images: int = 0
+    copies: str = Field("", description="test images left out and copies held out, in words")
     significance_level: float = 0.05
 
 

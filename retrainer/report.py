@@ -100,6 +100,7 @@ def run_report(
         "",
         f"## Candidate versus champion ({decision.test_images} test images, seen by neither)",
         "",
+        f"Copies of one photograph: {decision.copies}." if decision.copies else "",
         "The validation figure is the one early stopping chose the candidate on: the gap to "
         "its test figure is that choice's optimism.",
         "",
@@ -116,6 +117,17 @@ def run_report(
         f"per class: {counts}. Fingerprint `{split.data_fingerprint[:12]}`.",
         f"{len(data.quarantined)} file(s) quarantined"
         + listed([(item.path, item.reason) for item in data.quarantined]),
+        f"{len(data.label_conflicts)} label conflict(s): one photograph under several classes"
+        + listed(
+            [
+                (
+                    ", ".join(conflict.keys),
+                    f"{' and '.join(conflict.classes)}, "
+                    + ("quarantined" if conflict.quarantined else "trained as labelled"),
+                )
+                for conflict in data.label_conflicts
+            ]
+        ),
         f"{len(data.prepared.refused)} object(s) refused"
         + listed([(item.key, item.reason) for item in data.prepared.refused]),
         f"Classes: {data.class_change}" if data.class_change else "",

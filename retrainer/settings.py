@@ -210,6 +210,11 @@ class TrainingConfig(BaseModel):
     augment_contrast: float = Field(
         0.0, ge=0.0, lt=1.0, description="Random contrast change in training, as a factor."
     )
+    on_label_conflict: Literal["quarantine", "train"] = Field(
+        "quarantine",
+        description="Copies of one photograph under different classes: quarantine every one of "
+        "them (listed in the report), or train each as it is labelled.",
+    )
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Larger files are quarantined, never read whole."
     )
@@ -309,6 +314,11 @@ class Settings(TrainingConfig, BaseSettings):
         gt=0,
         description="A run still going after this long is stopped (a hung run would hold the "
         "queue); read when the flow is loaded.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = Field(
+        "INFO",
+        description="How much a run says: INFO a line per step and epoch; DEBUG also every "
+        "checkpoint saved and more.",
     )
     tensorflow_logs: bool = Field(
         False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from retrainer.data.listing import list_data
+from retrainer.data import listing
 from retrainer.records import DataSnapshot
 from retrainer.settings import Settings
 from retrainer.storage import open_store
@@ -13,9 +13,10 @@ from tasks.runtime import run_folder
 
 
 @io_task("list data")
-def list_objects(settings: Settings) -> DataSnapshot:
+def list_data(settings: Settings) -> DataSnapshot:
     log = get_run_logger()
-    snapshot = list_data(open_store(settings.resolved_data_url), run_folder(settings).listing)
+    source = open_store(settings.resolved_data_url)
+    snapshot = listing.list_data(source, run_folder(settings).listing)
     log.info(
         "Data %s: %d files, fingerprint %s (%d refused)",
         snapshot.source_url,

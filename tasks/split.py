@@ -32,12 +32,15 @@ def split(data: ValidatedData, settings: Settings) -> DataSplit:
     )
     get_run_logger().info(
         "Split %d images: %d for training, %d for validation (early stopping), %d for the "
-        "test split (the gate only); %d quarantined",
+        "test split (the gate only); %d quarantined; copies: %d held out of training, %d test "
+        "images left out of the gate",
         data_split.train_count + data_split.validation_count + data_split.test_count,
         data_split.train_count,
         data_split.validation_count,
         data_split.test_count,
         len(data.quarantined),
+        data_split.held_out,
+        data_split.test_left_out,
     )
     create_table_artifact(
         table=[

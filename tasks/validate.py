@@ -21,4 +21,5 @@ def validate(
         max_quarantined_fraction=settings.max_quarantined_fraction,
         champion_classes=champion.class_names if champion else None,
         on_class_change=settings.on_class_change,
+        on_label_conflict=settings.on_label_conflict,
     )

@@ -13,7 +13,18 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 # The data wing in the order the data flows (retrainer/data/__init__.py says what each does).
-DATA_WING = ["image", "shards", "listing", "preparation", "validation", "splits", "inputs", "local"]
+DATA_WING = [
+    "image",
+    "fingerprints",
+    "shards",
+    "listing",
+    "preparation",
+    "duplicates",
+    "validation",
+    "splits",
+    "inputs",
+    "local",
+]
 # What the data wing stands on: core modules that know nothing of it.
 BELOW_THE_DATA_WING = {"errors", "layout", "progress", "records", "settings", "storage"}
 
@@ -89,6 +100,7 @@ def frameworks_loaded_by_importing(modules: list[str]) -> str:
     return answer.stdout.strip()
 
 
+@pytest.mark.slow
 def test_the_core_loads_neither_prefect_nor_tensorflow_but_in_its_keras_modules() -> None:
     modules = core_modules()
     assert set(modules) > KERAS_MODULES and "retrainer.cli" in modules

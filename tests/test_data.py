@@ -240,8 +240,9 @@ def test_a_new_night_prepares_only_new_objects_in_chunks_of_bounded_size(tmp_pat
     assert any(key.endswith(PREPARED_INDEX) for key in before)
 
 
-def image_bytes(mode: str, image_format: str) -> bytes:
-    pixels = np.random.default_rng(0).integers(0, 255, (12, 10, len(mode)), dtype=np.uint8)
+def image_bytes(mode: str, image_format: str, seed: int = 0) -> bytes:
+    """Noise of another seed is another photograph: no two files here are copies."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (12, 10, len(mode)), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels.squeeze(), mode=mode).save(buffer, format=image_format)
     return buffer.getvalue()
@@ -260,9 +261,8 @@ def test_formats_and_channels_are_accepted_and_decode_to_rgb(tmp_path: Path) -> 
         "b/bitmap{}.bmp": ("RGB", "BMP"),
         "b/gray{}.jpg": ("L", "JPEG"),
     }
-    files = {
-        name.format(index): image_bytes(*kind) for name, kind in kinds.items() for index in range(4)
-    }
+    names = [(name.format(index), kind) for name, kind in kinds.items() for index in range(4)]
+    files = {name: image_bytes(*kind, seed=seed) for seed, (name, kind) in enumerate(names)}
     prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
     data = validate_data(prepared, tmp_path / "usable.json", 1, 0.0)
     assert data.quarantined == []

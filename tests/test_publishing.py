@@ -16,6 +16,7 @@ from retrainer.publishing import promote_if_passed
 from retrainer.records import (
     Evaluation,
     GateDecision,
+    LabelConflict,
     Publication,
     QuarantinedFile,
     RefusedObject,
@@ -82,11 +83,14 @@ def test_a_passing_candidate_whose_champion_moved_meanwhile_ends_in_conflict(
 
 
 def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> None:
-    decision = a_decision()
+    copies = "2 test image(s) left out of the gate: a copy of each trained before it came"
+    decision = a_decision().model_copy(update={"copies": copies})
     refused = [RefusedObject(key="../escape.png", reason="has an empty, '.' or '..' component")]
+    conflict = LabelConflict(keys=["cat/1.jpg", "dog/1.jpg"], classes=CLASSES, quarantined=True)
     data = records.validated_data(
         prepared=records.prepared_data(refused=refused),
         quarantined=[QuarantinedFile(path="dog/broken.jpg", reason="does not decode")],
+        label_conflicts=[conflict],
     )
     data_split = records.data_split()
     trained = records.trained_model(started_from="champion v1", epochs_run=7, stopped_early=True)
@@ -102,6 +106,9 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
     assert "- `dog/broken.jpg`: does not decode" in report
     assert "- `../escape.png`: has an empty, '.' or '..' component" in report
     assert "stopped early" in report and "training on the CPU" in report
+    assert f"Copies of one photograph: {copies}." in report
+    assert "1 label conflict(s)" in report
+    assert "- `cat/1.jpg, dog/1.jpg`: cat and dog, quarantined" in report
     encoded = base64.b64encode(PNG).decode()
     assert f"![curves.png](data:image/png;base64,{encoded})" in report
 

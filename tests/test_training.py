@@ -232,7 +232,7 @@ def test_sigkill_mid_training_resumes_on_a_cold_worker_from_the_stores_checkpoin
     prefect_api_url: str,
 ) -> None:
     env = killable_run_env(bucket, tmp_path, prefect_api_url, epochs=5)
-    env["PREFECT_LOGGING_LEVEL"] = "DEBUG"  # every checkpoint line, not only the first
+    env["RETRAINER_LOG_LEVEL"] = "DEBUG"  # every checkpoint line, not only the first
     run_until_checkpoint(env, epoch=2)
     checkpoints = tmp_path / "cache" / "checkpoints"
     assert any(checkpoints.rglob("latest.weights.h5"))
@@ -304,7 +304,7 @@ def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
     env["RETRAINER_EARLY_STOPPING_PATIENCE"] = "0"
     command = [str(Path(sys.executable).parent / "retrainer"), "run"]
     kills = []
-    for _ in range(3):
+    for _ in range(2):
         process = subprocess.Popen(
             command,
             env=env,

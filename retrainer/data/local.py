@@ -55,7 +55,11 @@ def split_here(
     spec = PreparationSpec.of(config)
     prepared = prepare_here(snapshot, store_url, spec, run.prepared_index, shards_dir)
     data = validate_data(
-        prepared, run.usable_images, min_images_per_class, max_quarantined_fraction
+        prepared,
+        run.usable_images,
+        min_images_per_class,
+        max_quarantined_fraction,
+        on_label_conflict=config.on_label_conflict,
     )
     shards = fetch_shards(prepared, shards_dir)
     return split_data(

@@ -27,10 +27,12 @@ import logging
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from retrainer.data.fingerprints import exact_fingerprint, perceptual_fingerprint
 from retrainer.data.image import decode_failure, header_problem, model_input, size_problem
 from retrainer.data.shards import DOWNLOAD_THREADS, encode_record, live_records, record_writer
 from retrainer.layout import (
@@ -138,6 +140,7 @@ def plan_preparation(
             known is not None
             and (known.etag, known.size) == (listed.etag, listed.size)
             and (known.shard is None or (known.shard in index.shards and known.shard in present))
+            and known.fingerprinted
         ):
             kept[listed.key] = known
         else:
@@ -149,17 +152,16 @@ def plan_preparation(
         for shard, count in live.items()
         if count < COMPACT_BELOW * index.shards[shard].records
     }
-    carried: dict[str, list[ListedObject]] = {}
+    carried: dict[str, dict[str, PreparedObject]] = {}
     for key, entry in list(kept.items()):
         if entry.shard in dying:
-            carried.setdefault(entry.shard, []).append(
-                ListedObject(key=key, etag=entry.etag, size=entry.size)
-            )
+            carried.setdefault(entry.shard, {})[key] = entry
             del kept[key]
     shards = {shard: index.shards[shard] for shard in live if shard not in dying}
+    night = datetime.now(UTC)
 
     def chunk(
-        objects: list[ListedObject], carry: dict[str, list[ListedObject]]
+        objects: list[ListedObject], carry: dict[str, dict[str, PreparedObject]]
     ) -> PreparationChunk:
         return PreparationChunk(
             data_url=snapshot.source_url,
@@ -167,11 +169,12 @@ def plan_preparation(
             spec=spec,
             objects=objects,
             carried=carry,
+            night=night,
             keep_in=keep_in,
         )
 
     chunks = [chunk(new[i : i + CHUNK_OBJECTS], {}) for i in range(0, len(new), CHUNK_OBJECTS)]
-    group: dict[str, list[ListedObject]] = {}
+    group: dict[str, dict[str, PreparedObject]] = {}
     for shard, records in sorted(carried.items()):
         group[shard] = records
         if sum(map(len, group.values())) >= CHUNK_OBJECTS:
@@ -194,12 +197,12 @@ def plan_preparation(
 
 
 def prepare_object(
-    source: ObjectStore, listed: ListedObject, spec: PreparationSpec
+    source: ObjectStore, listed: ListedObject, spec: PreparationSpec, night: datetime
 ) -> PreparedObject | RefusedObject | tuple[PreparedObject, bytes]:
     """One source object: refused (vanished), its verdict (unusable), or verdict and pixels."""
     import tensorflow as tf
 
-    verdict = PreparedObject(etag=listed.etag, size=listed.size)
+    verdict = PreparedObject(etag=listed.etag, size=listed.size, first_seen=night)
     if "/" not in listed.key:
         return verdict.model_copy(update={"problem": "not inside a class folder"})
     if problem := size_problem(listed.size, spec):
@@ -214,10 +217,12 @@ def prepare_object(
     if problem := header_problem(contents, spec):
         return verdict.model_copy(update={"problem": problem})
     try:
-        pixels = model_input(tf.constant(contents), spec)
+        pixels = model_input(tf.constant(contents), spec).numpy()
     except tf.errors.OpError as error:
         return verdict.model_copy(update={"problem": decode_failure(error)})
-    return verdict, pixels.numpy().tobytes()
+    raw = pixels.tobytes()
+    fingerprints = {"exact": exact_fingerprint(raw), "perceptual": perceptual_fingerprint(pixels)}
+    return verdict.model_copy(update=fingerprints), raw
 
 
 def prepare_chunk(chunk: PreparationChunk) -> PreparedChunk:
@@ -232,7 +237,8 @@ def prepare_chunk(chunk: PreparationChunk) -> PreparedChunk:
         with record_writer(shard_path) as write, ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
             # In the chunk's order, so the same chunk always makes the same shard (same name).
             outcomes = pool.map(
-                lambda listed: prepare_object(source, listed, chunk.spec), chunk.objects
+                lambda listed: prepare_object(source, listed, chunk.spec, chunk.night),
+                chunk.objects,
             )
             for listed, outcome in zip(chunk.objects, outcomes, strict=True):
                 if isinstance(outcome, RefusedObject):
@@ -246,9 +252,9 @@ def prepare_chunk(chunk: PreparationChunk) -> PreparedChunk:
                     objects[listed.key] = verdict
                     records += 1
             for shard, carried in sorted(chunk.carried.items()):
-                for listed, record in live_records(target, shard, carried, Path(folder)):
+                for key, record in live_records(target, shard, carried, Path(folder)):
                     write(record)
-                    objects[listed.key] = PreparedObject(etag=listed.etag, size=listed.size)
+                    objects[key] = carried[key]
                     records += 1
         if records == 0:
             return PreparedChunk(objects=objects, shard=None, shard_info=None, refused=refused)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from retrainer.layout import shard_file, shard_key
 from retrainer.progress import OnProgress, Progress
-from retrainer.records import ListedObject, PreparedData
+from retrainer.records import PreparedData, PreparedObject
 from retrainer.storage import ObjectStore, open_store, sha256_of_file
 
 if TYPE_CHECKING:
@@ -74,12 +74,12 @@ def download_shard(store: ObjectStore, shard: str, destination: Path) -> None:
 
 
 def live_records(
-    store: ObjectStore, shard: str, wanted: list[ListedObject], folder: Path
-) -> Iterator[tuple[ListedObject, bytes]]:
-    """The records of a shard whose object is among `wanted`, as serialized bytes."""
+    store: ObjectStore, shard: str, wanted: dict[str, PreparedObject], folder: Path
+) -> Iterator[tuple[str, bytes]]:
+    """The records of a shard whose object (key and ETag) is `wanted`: key and serialized bytes."""
     import tensorflow as tf
 
-    by_identity = {(listed.key, listed.etag): listed for listed in wanted}
+    by_identity = {(key, verdict.etag): key for key, verdict in wanted.items()}
     local = shard_file(folder, shard)
     download_shard(store, shard, local)
     for record in tf.data.TFRecordDataset(str(local)):

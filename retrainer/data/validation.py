@@ -12,8 +12,17 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from retrainer.data.duplicates import find_copies
 from retrainer.errors import DataError
-from retrainer.records import USABLE, PreparedData, QuarantinedFile, UsableImage, ValidatedData
+from retrainer.records import (
+    USABLE,
+    LabelConflict,
+    PreparedData,
+    PreparedObject,
+    QuarantinedFile,
+    UsableImage,
+    ValidatedData,
+)
 from retrainer.storage import write_atomically
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,10 @@ def compare_class_sets(
     return change
 
 
+def class_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
 def validate_data(
     prepared: PreparedData,
     usable_path: Path,
@@ -45,17 +58,55 @@ def validate_data(
     max_quarantined_fraction: float,
     champion_classes: list[str] | None = None,
     on_class_change: str = "fail",
+    on_label_conflict: str = "quarantine",
 ) -> ValidatedData:
     """Judge the prepared verdicts, write the list of usable images to `usable_path`, summarise
     per class."""
     index = prepared.read_index()
-    usable: list[tuple[str, str, str, str]] = []
+    usable: dict[str, PreparedObject] = {}
     quarantined: list[QuarantinedFile] = []
     for key, entry in sorted(index.objects.items()):
         if entry.problem or entry.shard is None:
             quarantined.append(QuarantinedFile(path=key, reason=entry.problem or "no pixels"))
         else:
-            usable.append((key, entry.etag, entry.shard, key.split("/", 1)[0]))
+            usable[key] = entry
+    copies = [
+        [list(usable)[i] for i in group]
+        for group in find_copies(
+            [entry.exact for entry in usable.values()],
+            [entry.perceptual for entry in usable.values()],
+        )
+    ]
+    if copies:
+        logger.info(
+            "Copies: %d group(s) of images that are the same photograph (%d images)",
+            len(copies),
+            sum(map(len, copies)),
+        )
+    label_conflicts = [
+        LabelConflict(
+            keys=group,
+            classes=sorted({class_of(key) for key in group}),
+            quarantined=on_label_conflict == "quarantine",
+        )
+        for group in copies
+        if len({class_of(key) for key in group}) > 1
+    ]
+    for conflict in label_conflicts:
+        logger.warning(
+            "Label conflict: one photograph is filed under %s (%s): %s",
+            " and ".join(conflict.classes),
+            ", ".join(conflict.keys),
+            "quarantined (RETRAINER_ON_LABEL_CONFLICT=train trains each as labelled)"
+            if conflict.quarantined
+            else "each trains as labelled",
+        )
+        if conflict.quarantined:
+            for key in conflict.keys:
+                others = ", ".join(other for other in conflict.keys if other != key)
+                reason = f"the same photograph as {others}, under another class"
+                quarantined.append(QuarantinedFile(path=key, reason=reason))
+                del usable[key]
 
     for item in quarantined:
         logger.warning("Quarantined %s: %s", item.path, item.reason)
@@ -67,7 +118,7 @@ def validate_data(
             "RETRAINER_MAX_QUARANTINED_FRACTION"
         )
 
-    counts = Counter(class_name for *_, class_name in usable)
+    counts = Counter(class_of(key) for key in usable)
     class_names = sorted(counts)
     if len(class_names) < 2:
         raise DataError(
@@ -87,9 +138,17 @@ def validate_data(
         logger.warning("%s: training a new model", class_change.capitalize())
 
     label_of = {name: index for index, name in enumerate(class_names)}
+    group_of = {key: number for number, group in enumerate(copies) for key in group}
     images = [
-        UsableImage(key=key, etag=etag, shard=shard, label=label_of[name])
-        for key, etag, shard, name in usable
+        UsableImage(
+            key=key,
+            etag=entry.etag,
+            shard=str(entry.shard),
+            label=label_of[class_of(key)],
+            first_seen=entry.first_seen,
+            copies=group_of.get(key),
+        )
+        for key, entry in usable.items()
     ]
     write_atomically(usable_path, USABLE.dump_json(images))
 
@@ -107,5 +166,6 @@ def validate_data(
         images_per_class={name: counts[name] for name in class_names},
         usable_path=usable_path,
         quarantined=quarantined,
+        label_conflicts=label_conflicts,
         class_change=class_change,
     )
