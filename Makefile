@@ -44,3 +44,4 @@ bench: $(UV)
 	$(RUN) python -m bench.memory
 	$(RUN) python -m bench.photos
 	$(RUN) python -m bench.duplicates
+	$(RUN) python -m bench.feed

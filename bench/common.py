@@ -34,6 +34,20 @@ def jpeg_images(count: int, classes: int, size: int) -> dict[str, bytes]:
     return files
 
 
+def distinct_images(count: int, size: int) -> dict[str, bytes]:
+    """`count` different JPEG images (smooth random shapes), in 5 class folders: as many as wanted,
+    no two the same photograph, nothing a model could learn (for speed and memory only)."""
+    rng = np.random.default_rng(size)
+    files = {}
+    for index in range(count):
+        coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        files[f"{index % 5}/{index:06d}.jpg"] = buffer.getvalue()
+    return files
+
+
 def write_tree(folder: Path, files: dict[str, bytes]) -> Path:
     store = LocalStore(folder)
     for key, data in files.items():

@@ -15,7 +15,12 @@ from retrainer.tensorflow_runtime import start_tensorflow
 if TYPE_CHECKING:
     import tensorflow as tf
 
-MIXED_PRECISION_MIN_CAPABILITY = (7, 0)  # Volta and newer have tensor cores for float16
+# Mixed precision by what the GPU has, and what was measured (FACTS.md, one H200): bfloat16 needs
+# no loss scaling and has tensor cores from Ampere (8.0) on; Volta and Turing (7.x) have them for
+# float16 only. Fine-tuning a pretrained backbone ran slower in bfloat16 (0.56-0.72x on an H200:
+# depthwise convolutions), so `auto` keeps float32 for it; `on` asks for mixed precision anyway.
+BFLOAT16_MIN_CAPABILITY = (8, 0)
+FLOAT16_MIN_CAPABILITY = (7, 0)
 
 
 @dataclass(frozen=True)
@@ -24,20 +29,15 @@ class DevicePlan:
 
     kind: str  # "cpu", "gpu" or "multi-gpu"
     devices: tuple[str, ...]
-    precision: str  # "float32" or "mixed_float16"
+    precision: str  # "float32", "mixed_float16" or "mixed_bfloat16"
     description: str
 
 
-def plan_devices(capabilities: list[tuple[int, int] | None], mixed_precision: str) -> DevicePlan:
+def plan_devices(
+    capabilities: list[tuple[int, int] | None], mixed_precision: str, fine_tuning: bool = False
+) -> DevicePlan:
     """`capabilities`: one compute capability per visible GPU (None when unknown)."""
-    if mixed_precision == "on":
-        precision = "mixed_float16"
-    elif mixed_precision == "auto" and capabilities:
-        known = [capability or (0, 0) for capability in capabilities]
-        fast = all(capability >= MIXED_PRECISION_MIN_CAPABILITY for capability in known)
-        precision = "mixed_float16" if fast else "float32"
-    else:
-        precision = "float32"
+    precision = choose_precision(capabilities, mixed_precision, fine_tuning)
     if not capabilities:
         return DevicePlan(
             "cpu", ("/CPU:0",), precision, f"No GPU found: training on the CPU ({precision})"
@@ -53,7 +53,23 @@ def plan_devices(capabilities: list[tuple[int, int] | None], mixed_precision: st
     )
 
 
-def detect_devices(mixed_precision: str, device: str = "auto") -> DevicePlan:
+def choose_precision(
+    capabilities: list[tuple[int, int] | None], mixed_precision: str, fine_tuning: bool
+) -> str:
+    """float32, mixed_bfloat16 or mixed_float16: the slowest GPU decides (None counts as old)."""
+    lowest = min((capability or (0, 0) for capability in capabilities), default=None)
+    if mixed_precision == "off" or (mixed_precision == "auto" and (lowest is None or fine_tuning)):
+        return "float32"
+    if lowest is not None and lowest >= BFLOAT16_MIN_CAPABILITY:
+        return "mixed_bfloat16"
+    if mixed_precision == "on" or (lowest is not None and lowest >= FLOAT16_MIN_CAPABILITY):
+        return "mixed_float16"
+    return "float32"
+
+
+def detect_devices(
+    mixed_precision: str, device: str = "auto", fine_tuning: bool = False
+) -> DevicePlan:
     """The plan for the GPUs TensorFlow can use; without one, TensorFlow's reason, in words.
 
     `device`: "auto", "gpu" (SettingsError when there is no usable GPU) or "cpu" (GPUs hidden).
@@ -78,7 +94,7 @@ def detect_devices(mixed_precision: str, device: str = "auto") -> DevicePlan:
         capabilities.append(
             tf.config.experimental.get_device_details(gpu).get("compute_capability")
         )
-    plan = plan_devices(capabilities, mixed_precision)
+    plan = plan_devices(capabilities, mixed_precision, fine_tuning)
     if plan.kind == "cpu" and start_up.gpu_messages:
         said = "; ".join(start_up.gpu_messages)
         plan = replace(plan, description=f"{plan.description}. TensorFlow said: {said}")

@@ -205,7 +205,12 @@ def with_augmentation(model: keras.Model, config: TrainingConfig) -> keras.Model
     augmented = keras.Model(inputs, model(x), name=f"augmented_{model.name}")
     if getattr(model, "compiled", False):
         # The factory's own optimizer and loss, now for the model that wraps it.
-        augmented.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        augmented.compile(
+            optimizer=model.optimizer,
+            loss=model.loss,
+            metrics=["accuracy"],
+            steps_per_execution=steps_per_execution(config),
+        )
     return augmented
 
 
@@ -215,7 +220,17 @@ def compile_model(model: keras.Model, learning_rate: float, config: TrainingConf
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=config.xla,
+        steps_per_execution=steps_per_execution(config),
     )
+
+
+def steps_per_execution(config: TrainingConfig) -> int:
+    """The setting, on one device; one step a call on several: Keras 3.15's multi-step loop fails
+    under MirroredStrategy ("You must feed a value for placeholder tensor", tested)."""
+    import tensorflow as tf
+
+    one_device = tf.distribute.get_strategy().num_replicas_in_sync == 1
+    return config.steps_per_execution if one_device else 1
 
 
 def start_fine_tuning(model: keras.Model, config: TrainingConfig) -> int:

@@ -217,6 +217,12 @@ class ValidatedData(BaseModel):
         return USABLE.validate_json(self.usable_path.read_bytes())
 
 
+# A subset up to this size is read from the shards once and held in memory (uint8; twice while
+# tf.data shuffles it), so later epochs cost no parsing: on a GPU node the input, not the model,
+# would otherwise set the pace (bench.feed). Larger subsets stream from the shards every epoch.
+INPUT_MEMORY_BUDGET = 1 << 30
+
+
 class DataSplit(BaseModel):
     """The train/validation/test split on disk, and the batch size the input function uses."""
 
@@ -235,6 +241,9 @@ class DataSplit(BaseModel):
     validation_per_class: dict[str, int]
     test_per_class: dict[str, int]
     held_out: int = Field(0, description="copies of test images kept out of training, validation")
+    memory_budget: int = Field(
+        INPUT_MEMORY_BUDGET, description="bytes of a subset the input function may hold in memory"
+    )
     test_left_out: int = Field(0, description="test images left out of the gate: a copy trained")
     data_fingerprint: str
 

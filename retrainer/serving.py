@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrainer.errors import BadInput
 from retrainer.records import PreparationSpec, ServingSignature
 from retrainer.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    import keras
 
 SERVING_SIGNATURE = ServingSignature(
     name="serving_default",
@@ -36,7 +40,7 @@ def export_serving_model(
 
     from retrainer.data.image import model_input, within_limits
 
-    model = keras.models.load_model(model_path, compile=False)
+    model = in_float32(keras.models.load_model(model_path, compile=False))
     names = tf.constant(class_names)
     size = spec.image_size
 
@@ -62,6 +66,20 @@ def export_serving_model(
     archive.add_endpoint(name=SERVING_SIGNATURE.name, fn=serve)
     archive.write_out(str(destination), verbose=False)
     return destination
+
+
+def in_float32(model: keras.Model) -> keras.Model:
+    """The model computing in float32, with its weights: a model trained in mixed precision
+    would otherwise serve in float16 or bfloat16, slow on most CPU servers. Its variables are
+    float32 under any mixed policy, so the weights carry over as they are."""
+    import keras
+
+    def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    clone = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def download_serving_model(registry: ModelRegistry, version: str, models_dir: Path) -> Path:

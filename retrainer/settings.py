@@ -187,9 +187,19 @@ class TrainingConfig(BaseModel):
         "match), never, or always (fail when impossible).",
     )
     mixed_precision: Literal["auto", "on", "off"] = Field(
-        "auto", description="mixed_float16 training; auto: only on GPUs of compute capability 7.0+."
+        "auto",
+        description="Mixed precision: auto: bfloat16 on GPUs of compute capability 8.0+, float16 "
+        "on 7.x, float32 otherwise and when fine-tuning a backbone; on: always (bfloat16 on 8.0+, "
+        "else float16); off: float32.",
     )
     xla: bool = Field(False, description="Compile the training step with XLA.")
+    steps_per_execution: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Training steps Keras runs per call into the compiled step: small models are "
+        "bound by Keras' per-step overhead, not the device (bench.feed).",
+    )
     early_stopping_patience: int = Field(
         10, ge=0, description="Stop after this many epochs without a better val_loss (0: never)."
     )

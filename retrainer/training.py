@@ -130,7 +130,9 @@ def train_model(
     """Fit on the training split, resuming from the last finished epoch of this same work."""
     started_at = datetime.now(UTC)
     keras.utils.set_random_seed(config.seed)
-    plan = plan or detect_devices(config.mixed_precision)
+    plan = plan or detect_devices(
+        config.mixed_precision, fine_tuning=config.total_epochs > config.epochs
+    )
     logger.info(plan.description)
     keras.mixed_precision.set_global_policy(plan.precision)
     strategy = strategy_for(plan)

@@ -44,5 +44,9 @@ def train(
         warm_start=warm_start,
         backbone_weights=backbone_weights,
         on_epoch=progress_reporter(f"Training '{settings.model_name}'"),
-        plan=detect_devices(settings.mixed_precision, settings.device),
+        plan=detect_devices(
+            settings.mixed_precision,
+            settings.device,
+            fine_tuning=settings.total_epochs > settings.epochs,
+        ),
     )

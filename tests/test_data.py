@@ -14,10 +14,12 @@ import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import boto3
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from retrainer.data.inputs import input_fn
@@ -422,3 +424,42 @@ def test_subset_membership_depends_on_the_path_alone_in_every_process() -> None:
     assert here == elsewhere
     shares = {name: here.count(name) / len(paths) for name in ("train", "validation", "test")}
     assert 0.16 < shares["test"] < 0.24 and 0.11 < shares["validation"] < 0.19
+
+
+def epoch_of(dataset: Any) -> list[tuple[bytes, int]]:
+    """One pass: every image (as its bytes) with its label, in the order they came."""
+    return [
+        (image.tobytes(), int(label))
+        for images, labels in dataset.as_numpy_iterator()
+        for image, label in zip(images, labels, strict=True)
+    ]
+
+
+def test_every_image_comes_once_an_epoch_from_memory_or_streamed_in_a_new_order(
+    tmp_path: Path,
+) -> None:
+    folder = write_files(tmp_path / "data", digit_images(classes=3, per_class=40))
+    data = validate_data(prepared_of(folder, tmp_path), tmp_path / "usable.json", 5, 0.1)
+    data_split = split_of(data, tmp_path, 0.15, 0.2)
+    held, streamed = (
+        input_fn(data_split, "train", shuffle=True, seed=1, memory_budget=budget)
+        for budget in (1 << 30, 0)  # the subset held in memory; too large for it: streamed
+    )
+    in_order = epoch_of(input_fn(data_split, "train", shuffle=False))
+    assert len(in_order) == data_split.train_count
+    for dataset in (held, streamed):
+        first, second = epoch_of(dataset), epoch_of(dataset)
+        assert sorted(first) == sorted(second) == sorted(in_order)  # each image once an epoch
+        assert first != second  # reshuffled every epoch
+    assert epoch_of(input_fn(data_split, "train", shuffle=False)) == in_order  # the gate's pairs
+
+
+def test_a_shard_that_lost_records_fails_the_input_loudly(tmp_path: Path) -> None:
+    folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=20))
+    data = validate_data(prepared_of(folder, tmp_path), tmp_path / "usable.json", 5, 0.1)
+    data_split = split_of(data, tmp_path, 0.2, 0.2)
+    (shard,) = read_split(data_split).shards
+    Path(shard).write_bytes(b"")  # every record gone (its copy on disk damaged)
+    for budget in (1 << 30, 0):
+        with pytest.raises((ValueError, tf.errors.OpError)):
+            epoch_of(input_fn(data_split, "train", shuffle=False, memory_budget=budget))

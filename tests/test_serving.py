@@ -278,3 +278,39 @@ def test_gc_keeps_the_champions_served_folder_by_its_number_not_because_it_is_hi
     served = registry.serving_location(champion) + "saved_model.pb"
     assert registry.store.get(served) == b"graph of v1"
     assert served_numbers(registry) == [champion.serving_number]
+
+
+def serving_graph(saved: Path) -> str:
+    """The serving signature's graph, functions included, as text."""
+    loaded = tf.saved_model.load(str(saved))
+    return str(loaded.signatures["serving_default"].graph.as_graph_def())
+
+
+def test_a_model_trained_in_mixed_precision_is_served_in_float32_with_the_same_classes(
+    tmp_path: Path,
+) -> None:
+    keras.utils.set_random_seed(5)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build_default_model((16, 16, 3), 3)  # float16 kernels, as a GPU night trains it
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed.save(tmp_path / "model.keras")
+    spec = PreparationSpec(image_size=16, max_image_bytes=10**6, max_image_pixels=10**6)
+    saved = export_serving_model(tmp_path / "model.keras", ["a", "b", "c"], spec, tmp_path / "s")
+
+    assert "DT_HALF" not in serving_graph(saved)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    files = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    served = tf.saved_model.load(str(saved)).signatures["serving_default"](
+        image_bytes=tf.constant(files)
+    )
+    expected = mixed.predict(pixels, verbose=0)
+    assert served["probabilities"].dtype == tf.float32
+    assert np.array_equal(np.argmax(served["probabilities"], 1), np.argmax(expected, 1))
+    assert np.allclose(served["probabilities"], expected, atol=2e-3)  # float16's own rounding

@@ -108,6 +108,7 @@ def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
         "augment_zoom": 0.1,
         "augment_contrast": 0.1,
         "on_label_conflict": "train",
+        "steps_per_execution": 8,
         # A backbone is valid only with its weights: both change together.
         "backbone": {"backbone": "mobilenet_v3_small", "backbone_weights": "imagenet"},
         "backbone_weights": "s3://weights-bucket/b0.weights.h5",

@@ -134,8 +134,13 @@ def split_data(
         present = {example.label for example in split.subset(name)}
         missing = [data.class_names[i] for i in range(len(data.class_names)) if i not in present]
         if missing:
+            copies = (
+                f" ({len(split.held_out)} image(s) were held out as copies of test images)"
+                if split.held_out and name == "validation"
+                else ""
+            )
             raise DataError(
-                f"the {name} split has no images of {', '.join(missing)}: add images of "
+                f"the {name} split has no images of {', '.join(missing)}{copies}: add images of "
                 f"{'it' if len(missing) == 1 else 'them'} or raise RETRAINER_{setting}_FRACTION"
             )
 
