@@ -75,7 +75,10 @@ def in_float32(model: keras.Model) -> keras.Model:
     import keras
 
     def float32_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+        config = layer.get_config()
+        if "dtype" in config:  # operations such as Add have none: they follow their inputs
+            config["dtype"] = "float32"
+        return layer.__class__.from_config(config)
 
     clone = keras.models.clone_model(model, clone_function=float32_layer, recursive=True)
     clone.set_weights(model.get_weights())

@@ -70,11 +70,12 @@ def validate_data(
             quarantined.append(QuarantinedFile(path=key, reason=entry.problem or "no pixels"))
         else:
             usable[key] = entry
+    keys = list(usable)
+    entries = list(usable.values())
     copies = [
-        [list(usable)[i] for i in group]
+        [keys[index] for index in group]
         for group in find_copies(
-            [entry.exact for entry in usable.values()],
-            [entry.perceptual for entry in usable.values()],
+            [entry.exact for entry in entries], [entry.perceptual for entry in entries]
         )
     ]
     if copies:
