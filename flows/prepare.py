@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from retrainer.data.preparation import prepared_url
@@ -28,7 +28,7 @@ def task_runner_for(settings: Settings) -> TaskRunner[Any]:
     return ThreadPoolTaskRunner(max_workers=settings.prepare_workers)
 
 
-@flow(name="prepare dataset", log_prints=True)
+@flow(name="prepare dataset", flow_run_name="prepare {settings.model_name}", log_prints=True)
 def prepare_dataset(snapshot: DataSnapshot, settings: Settings, index_path: Path) -> PreparedData:
     """Prepare what the store lacks; the index is copied to `index_path` on this worker."""
     spec = PreparationSpec.of(settings)
@@ -36,5 +36,5 @@ def prepare_dataset(snapshot: DataSnapshot, settings: Settings, index_path: Path
     # Chunks on this worker's threads leave their shards in its cache; a Dask worker's cannot.
     keep_in = None if settings.dask_address else settings.cache.shards_dir
     planned, chunks = plan(snapshot, prepared_at, spec, keep_in)
-    results = prepare.map(chunks).result()
+    results = prepare.map(chunks, unmapped(settings.tensorflow_logs)).result()
     return record(snapshot, prepared_at, planned, results, index_path)

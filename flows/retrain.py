@@ -4,14 +4,28 @@ gate -> publish."""
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 import retrainer
 from flows.prepare import prepare_dataset, task_runner_for
 from retrainer.errors import SettingsError
 from retrainer.records import Publication
-from retrainer.settings import RetrainParameters, Settings, load_settings
+from retrainer.settings import (
+    BatchSizeParameter,
+    DataUrlParameter,
+    EpochsParameter,
+    ForceParameter,
+    LearningRateParameter,
+    MinAccuracyParameter,
+    ModelNameParameter,
+    RetrainParameters,
+    Settings,
+    load_settings,
+)
 from tasks.champion import read_champion
 from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
@@ -36,10 +50,59 @@ def flow_timeout_seconds() -> float:
         return 3600 * float(Settings.model_fields["flow_timeout_hours"].default)
 
 
-@flow(name="retrain", log_prints=True, timeout_seconds=flow_timeout_seconds())
-def retrain(parameters: RetrainParameters | None = None) -> Publication:
-    """Retrain the classifier on the latest data and promote it only if it passes the gate."""
-    parameters = parameters or RetrainParameters()
+def run_name() -> str:
+    """`digits-2026-11-30`: the model and the night a run is for, in the runs list."""
+    model_name = flow_run.parameters.get("model_name")
+    if not model_name:
+        try:
+            model_name = load_settings().model_name
+        except SettingsError:
+            model_name = "retrain"  # the run stops at its first step with the settings' message
+    return f"{model_name}-{flow_run.scheduled_start_time:%Y-%m-%d}"
+
+
+# What each outcome is called in the runs list, in automations (`prefect.flow-run.Rejected`) and
+# for scripts; every one is a Completed state, so nothing is retried or marked as a failure.
+STATE_NAMES = {
+    "promoted": "Promoted",
+    "rejected": "Rejected",
+    "skipped": "Skipped",
+    "conflict": "Conflict",
+}
+
+
+def night_state(publication: Publication) -> State[Publication]:
+    return Completed(
+        name=STATE_NAMES[publication.status], message=publication.message, data=publication
+    )
+
+
+@flow(
+    name="retrain",
+    flow_run_name=run_name,
+    log_prints=True,
+    timeout_seconds=flow_timeout_seconds(),
+)
+def retrain(
+    model_name: ModelNameParameter = None,
+    data_url: DataUrlParameter = None,
+    epochs: EpochsParameter = None,
+    batch_size: BatchSizeParameter = None,
+    learning_rate: LearningRateParameter = None,
+    min_accuracy: MinAccuracyParameter = None,
+    force: ForceParameter = False,
+) -> State[Publication]:
+    """Retrain the classifier on the latest data and promote it only if it passes the gate.
+    Every parameter left empty takes its value from the worker's settings."""
+    parameters = RetrainParameters(
+        model_name=model_name,
+        data_url=data_url,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        min_accuracy=min_accuracy,
+        force=force,
+    )
     settings = load_settings().with_parameters(parameters)
     logging.getLogger(retrainer.__name__).setLevel(settings.log_level)
     preflight(settings)
@@ -49,8 +112,8 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
         champion = read_champion(settings)
         work = identify(snapshot, settings)
         if already_done := check_for_changes(work, champion, settings):
-            if not parameters.force:
-                return report_skipped(already_done, settings)
+            if not force:
+                return night_state(report_skipped(already_done, settings))
             get_run_logger().warning(
                 "Forced: training anyway, where this run would have stopped: %s",
                 already_done.message,
@@ -61,4 +124,11 @@ def retrain(parameters: RetrainParameters | None = None) -> Publication:
         data_split = split(data, settings)
         trained = train(data_split, work, champion, settings)
         decision = gate(data_split, trained, champion, settings)
-        return publish(data, data_split, work, trained, decision, champion, settings)
+        return night_state(publish(data, data_split, work, trained, decision, champion, settings))
+
+
+def run_here(parameters: RetrainParameters) -> State[Publication]:
+    """One run in this process (the CLI, the demo): its final state, named for the outcome, whose
+    result is the night's Publication."""
+    state = retrain(**parameters.model_dump(), return_state=True)
+    return cast("State[Publication]", state)  # Prefect types it as a state of the returned state

@@ -7,10 +7,10 @@ import getpass
 import json
 import sys
 import traceback
-import typing
 from datetime import timedelta
 from pathlib import Path
 from textwrap import shorten
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -19,6 +19,7 @@ from retrainer.errors import BadInput, SettingsError, redact
 from retrainer.layout import DEMO_DATA
 from retrainer.lease import LeaseHeld, ModelLease
 from retrainer.preflight import check_before_work, check_location
+from retrainer.records import Publication
 from retrainer.registry import ModelRegistry, PromotionConflict
 from retrainer.settings import (
     RetrainParameters,
@@ -30,28 +31,28 @@ from retrainer.settings import (
 from retrainer.storage import open_store
 from retrainer.tensorflow_runtime import start_tensorflow
 
+if TYPE_CHECKING:
+    from prefect.states import State
+
 
 def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+# The run form's JSON types, as argparse reads them.
+OPTION_TYPES: dict[str, type] = {"integer": int, "number": float, "string": str}
+BOUND_WORDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
 def add_parameter_options(parser: argparse.ArgumentParser) -> None:
-    """One option per RetrainParameters field, with its type, bounds and description."""
-    for name, field in RetrainParameters.model_fields.items():
-        if field.annotation is bool:
-            parser.add_argument(option_name(name), action="store_true", help=field.description)
+    """One option per run parameter, typed, bounded and described as the Prefect form shows it."""
+    for name, shown in RetrainParameters.model_json_schema()["properties"].items():
+        if shown["type"] == "boolean":
+            parser.add_argument(option_name(name), action="store_true", help=shown["description"])
             continue
-        # `Annotated[int, Ge(1), Le(1000)] | None`: the setting's own type and bounds, or none.
-        (given,) = (t for t in typing.get_args(field.annotation) if t is not type(None))
-        kind, *rules = typing.get_args(given) if typing.get_origin(given) else (given,)
-        bounds = [
-            f"{word} {getattr(rule, attribute)}"
-            for rule in rules
-            for attribute, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-            if getattr(rule, attribute, None) is not None
-        ]
-        help_text = (field.description or "") + (f" ({', '.join(bounds)})" if bounds else "")
-        parser.add_argument(option_name(name), type=kind, help=help_text)
+        bounds = [f"{word} {shown[key]}" for key, word in BOUND_WORDS.items() if key in shown]
+        help_text = shown["description"] + (f" ({', '.join(bounds)})" if bounds else "")
+        parser.add_argument(option_name(name), type=OPTION_TYPES[shown["type"]], help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run one retraining now, under Prefect")
     add_parameter_options(run)
+    run.add_argument("--json", action="store_true", help="the outcome as one JSON object, last")
     run.set_defaults(handler=run_command)
 
     models = commands.add_parser("models", help="list published versions and the champion")
@@ -188,15 +190,35 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
         raise SettingsError(describe_validation_error(error, style="option")) from None
     check_before_work(settings.with_parameters(parameters))
 
-    from flows.retrain import retrain
+    from flows.retrain import run_here
 
-    outcome = retrain(parameters)
+    state = run_here(parameters)
+    outcome = state.result()
+    report = report_location(state, outcome.model_name)
+    if arguments.json:
+        night = {"state": state.name, **outcome.model_dump(mode="json"), "report": report}
+        print(json.dumps(night, indent=2))
+        return 0
     print(f"Model '{outcome.model_name}': {outcome.status}")
     if outcome.version_url:
         print(f"  version {outcome.version} uploaded to {outcome.version_url}")
-    print(f"  {outcome.message}")
     print(f"  champion: {outcome.champion_version or 'none'}")
+    print(f"  report: {report}")
+    print(f"{state.name}: {outcome.message}")
     return 0
+
+
+def report_location(state: State[Publication], model_name: str) -> str:
+    """Where the run's report is: its page in the Prefect UI, else the artifact's key and run."""
+    from prefect.settings import PREFECT_UI_URL
+
+    from retrainer.report import artifact_key
+
+    ui = PREFECT_UI_URL.value()
+    run_id = state.state_details.flow_run_id
+    if ui and run_id:
+        return f"{ui.rstrip('/')}/runs/flow-run/{run_id}?tab=Artifacts"
+    return f"Prefect artifact '{artifact_key(model_name)}' of flow run {run_id}"
 
 
 def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
@@ -374,11 +396,11 @@ def notify_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 def demo_command(settings: Settings, arguments: argparse.Namespace) -> int:
     """What the product is for, in three nightly runs on the embedded default."""
-    from flows.retrain import retrain
+    from flows.retrain import run_here
     from retrainer.demo import run_demo_nights
 
     check_location("RETRAINER_STORE_URL", settings.store_url)
-    run_demo_nights(settings, retrain)
+    run_demo_nights(settings, lambda parameters: run_here(parameters).result())
     return 0
 
 

@@ -9,11 +9,22 @@ points it at MinIO, R2 or any other S3-compatible store.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrainer.errors import SettingsError, redact
@@ -86,7 +97,9 @@ class MetricRule(BaseModel):
 # One class per metric, so that setting one part (RETRAINER_GATE__ACCURACY__THRESHOLD) keeps the
 # defaults of the others.
 class AccuracyRule(MetricRule):
-    threshold: float | None = Field(0.8, ge=0.0, le=1.0)
+    threshold: float | None = Field(
+        0.8, ge=0.0, le=1.0, description="Gate: lowest test accuracy accepted."
+    )
     max_regression: float | None = Field(0.01, ge=0.0)
 
 
@@ -385,43 +398,82 @@ class Settings(TrainingConfig, BaseSettings):
         return self.model_copy(update={**given, "gate": gate})
 
 
+def shown_as_setting(kind: type, setting: FieldInfo, variable: str) -> WithJsonSchema:
+    """How a run parameter that overrides a setting shows in the Prefect run form and in `--help`:
+    one plain field of the setting's type, bounds and description (no None-or-value switch), which
+    left empty keeps what the worker's settings say."""
+    bounded = Annotated[kind, Field(), *setting.metadata]  # type: ignore[valid-type]  # built here
+    shown = TypeAdapter[object](bounded).json_schema()
+    default = "" if setting.default is None else f", {setting.default} unless set"
+    description = f"{setting.description} Empty: the worker's {variable}{default}."
+    return WithJsonSchema({**shown, "description": description})
+
+
+def unless_none(check: Callable[[str], str]) -> AfterValidator:
+    return AfterValidator(lambda value: None if value is None else check(value))
+
+
+MODEL_NAME = Settings.model_fields["model_name"]
+DATA_URL = Settings.model_fields["data_url"]
 EPOCHS = TrainingConfig.model_fields["epochs"]
 BATCH_SIZE = TrainingConfig.model_fields["batch_size"]
 LEARNING_RATE = TrainingConfig.model_fields["learning_rate"]
 MIN_ACCURACY = AccuracyRule.model_fields["threshold"]
 
+# The run parameters' types: the flow's signature and RetrainParameters share them, so the form,
+# the server's check of a deployment run, the flow's own check and the CLI agree.
+ModelNameParameter = Annotated[
+    str | None,
+    unless_none(check_model_name),
+    # The server refuses a bad name before the run starts.
+    shown_as_setting(
+        str,
+        Field(MODEL_NAME.default, pattern=_MODEL_NAME.pattern, description=MODEL_NAME.description),
+        "RETRAINER_MODEL_NAME",
+    ),
+]
+DataUrlParameter = Annotated[
+    str | None,
+    unless_none(check_location_url),
+    shown_as_setting(str, DATA_URL, "RETRAINER_DATA_URL"),
+]
+EpochsParameter = Annotated[
+    int | None, *EPOCHS.metadata, shown_as_setting(int, EPOCHS, "RETRAINER_EPOCHS")
+]
+BatchSizeParameter = Annotated[
+    int | None, *BATCH_SIZE.metadata, shown_as_setting(int, BATCH_SIZE, "RETRAINER_BATCH_SIZE")
+]
+LearningRateParameter = Annotated[
+    float | None,
+    *LEARNING_RATE.metadata,
+    shown_as_setting(float, LEARNING_RATE, "RETRAINER_LEARNING_RATE"),
+]
+MinAccuracyParameter = Annotated[
+    float | None,
+    *MIN_ACCURACY.metadata,
+    shown_as_setting(float, MIN_ACCURACY, "RETRAINER_GATE__ACCURACY__THRESHOLD"),
+]
+ForceParameter = Annotated[
+    bool,
+    WithJsonSchema(
+        {"type": "boolean", "description": "Train even if nothing changed since the champion."}
+    ),
+]
+
 
 class RetrainParameters(BaseModel):
-    """What a person may change for one run, from the CLI or the Prefect UI's form.
+    """What a person may change for one run: the flow's parameters, the CLI's `run` options.
 
     Every field left empty takes its value from the settings.
     """
 
-    model_name: str | None = Field(None, description="Name the model is published under.")
-    data_url: str | None = Field(None, description="s3://bucket/prefix or folder of class folders.")
-    # Bounds and descriptions are the settings' own: a run parameter overrides a setting.
-    epochs: Annotated[int, *EPOCHS.metadata] | None = Field(None, description=EPOCHS.description)
-    batch_size: Annotated[int, *BATCH_SIZE.metadata] | None = Field(
-        None, description=BATCH_SIZE.description
-    )
-    learning_rate: Annotated[float, *LEARNING_RATE.metadata] | None = Field(
-        None, description=LEARNING_RATE.description
-    )
-    min_accuracy: Annotated[float, *MIN_ACCURACY.metadata] | None = Field(
-        None,
-        description="Gate: lowest test accuracy accepted (RETRAINER_GATE__ACCURACY__THRESHOLD).",
-    )
-    force: bool = Field(False, description="Train even if nothing changed since the champion.")
-
-    @field_validator("data_url")
-    @classmethod
-    def _location(cls, value: str | None) -> str | None:
-        return None if value is None else check_location_url(value)
-
-    @field_validator("model_name")
-    @classmethod
-    def _model_name(cls, value: str | None) -> str | None:
-        return None if value is None else check_model_name(value)
+    model_name: ModelNameParameter = None
+    data_url: DataUrlParameter = None
+    epochs: EpochsParameter = None
+    batch_size: BatchSizeParameter = None
+    learning_rate: LearningRateParameter = None
+    min_accuracy: MinAccuracyParameter = None
+    force: ForceParameter = False
 
 
 def describe_validation_error(

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ def _captured_stderr() -> Iterator[list[str]]:
 
 
 _started: list[StartUp] = []  # this process's start-up, once it happened
+# Chunks prepared on threads start TensorFlow together: one captures, the others wait for it.
+_starting = threading.Lock()
 
 
 def start_tensorflow(show_logs: bool = False) -> StartUp:
@@ -57,8 +60,9 @@ def start_tensorflow(show_logs: bool = False) -> StartUp:
     `show_logs` (RETRAINER_TENSORFLOW_LOGS) lets its start-up lines through as it writes them;
     the first call in a process decides, later ones get the same start-up.
     """
-    if not _started:
-        _started.append(_start(show_logs))
+    with _starting:
+        if not _started:
+            _started.append(_start(show_logs))
     return _started[0]
 
 

@@ -20,6 +20,7 @@ from retrainer.records import (
     PreparedData,
     PreparedIndex,
 )
+from retrainer.tensorflow_runtime import start_tensorflow
 from tasks.retries import io_task
 from tasks.runtime import current_run_id
 
@@ -33,9 +34,12 @@ def plan(
 
 
 @io_task("prepare chunk")
-def prepare(chunk: PreparationChunk) -> PreparedChunk:
+def prepare(chunk: PreparationChunk, show_tensorflow_logs: bool) -> PreparedChunk:
     """Runs on a thread of this worker, or on a Dask worker: needs only the stores' URLs."""
     log = get_run_logger()
+    # Decoding imports TensorFlow: started quietly here, in whichever process this runs, so its
+    # start-up lines stay out of the output and the device line later gets its reasons.
+    start_tensorflow(show_tensorflow_logs)
     prepared = prepare_chunk(chunk)
     unusable = sum(1 for verdict in prepared.objects.values() if verdict.problem)
     log.info(

@@ -144,10 +144,10 @@ def test_run_options_come_from_the_run_parameters_with_their_help(
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for name, field in RetrainParameters.model_fields.items():
+    for name, shown in RetrainParameters.model_json_schema()["properties"].items():
         assert "--" + name.replace("_", "-") in out
-        assert str(field.description).split()[0] in out
-    assert "Training epochs. (>= 1, <= 1000)" in out
+        assert shown["description"].split()[0] in out
+    assert "30 unless set. (>= 1, <= 1000)" in " ".join(out.split())
 
 
 def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ import yaml
 from prefect.client.schemas.objects import FlowRun
 
 import retrainer
+from retrainer.tensorflow_runtime import START_UP_LINE
 from tests.conftest import digit_images, free_port, write_files
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -59,7 +60,10 @@ def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     server.wait(30)
 
 
-def prefect(env: dict[str, str], *arguments: str, timeout: float = 300) -> str:
+def prefect(
+    env: dict[str, str], *arguments: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """A `prefect` command that must succeed."""
     answer = subprocess.run(
         [PREFECT, *arguments],
         env=env,
@@ -69,12 +73,12 @@ def prefect(env: dict[str, str], *arguments: str, timeout: float = 300) -> str:
         timeout=timeout,
     )
     assert answer.returncode == 0, answer.stdout + answer.stderr
-    return answer.stdout
+    return answer
 
 
-def flow_run_state(env: dict[str, str], flow_run_id: str) -> str:
+def flow_run(env: dict[str, str], flow_run_id: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{env['PREFECT_API_URL']}/flow_runs/{flow_run_id}") as answer:
-        return str(json.load(answer)["state_type"])
+        return dict(json.load(answer))
 
 
 def run_log(env: dict[str, str], flow_run_id: str) -> str:
@@ -108,15 +112,22 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
     }
     prefect(env, "work-pool", "create", "e2e-process", "--type", "process")
     prefect(env, "deploy", "--all")
-    parameters = json.dumps({"parameters": {"epochs": 12, "model_name": "deployed"}})
+    form = json.loads(
+        prefect(env, "deployment", "inspect", "retrain/nightly", "--output", "json").stdout
+    )
+    epochs = form["parameter_openapi_schema"]["properties"]["epochs"]
+    assert (epochs["type"], epochs["minimum"], epochs["maximum"]) == ("integer", 1, 1000)
+    assert "Empty: the worker's RETRAINER_EPOCHS" in epochs["description"]
     started = prefect(
         env,
         "deployment",
         "run",
         "retrain/nightly",
-        "--params",
-        parameters,
-    )
+        "--param",
+        "epochs=12",
+        "--param",
+        "model_name=deployed",
+    ).stdout
     match = re.search(r"UUID: ([0-9a-f-]{36})", started)
     assert match, started
     flow_run_id = match.group(1)
@@ -127,8 +138,8 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
             "deployment",
             "run",
             "retrain/nightly",
-            "--params",
-            '{"parameters": {"epochs": 0}}',
+            "--param",
+            "epochs=0",
         ],
         env=env,
         capture_output=True,
@@ -136,12 +147,24 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
         timeout=120,
     )
     assert refused.returncode != 0, "the API accepted epochs 0"
-    assert "0 is less than the minimum of 1" in refused.stdout + refused.stderr
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert (
+        "Validation failed for field 'epochs'. Failure reason: 0 is less than the minimum of 1"
+        in said
+    )
 
-    prefect(env, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
+    worker = prefect(env, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
+    worker_output = worker.stdout + worker.stderr
 
-    assert flow_run_state(env, flow_run_id) == "COMPLETED"
-    assert "Validated 180 images in 3 classes" in run_log(env, flow_run_id)  # a module logger
+    night = flow_run(env, flow_run_id)
+    assert (night["state_type"], night["state_name"]) == ("COMPLETED", "Promoted")
+    assert re.fullmatch(r"deployed-\d{4}-\d{2}-\d{2}", night["name"]), night["name"]
+    log = run_log(env, flow_run_id)
+    assert "Validated 180 images in 3 classes" in log  # a module logger
+    # The run prepared images on threads and trained: TensorFlow started quietly once, and what
+    # it said about the GPU it could not use is in the device line.
+    assert not [line for line in worker_output.splitlines() if START_UP_LINE.match(line)]
+    assert "TensorFlow said: " in log
     champion = json.loads((tmp_path / "store/models/deployed/champion.json").read_text())
     assert (
         tmp_path / f"store/models/deployed/versions/{champion['version']}/model.keras"
@@ -157,12 +180,12 @@ def test_nightly_deployment_runs_on_a_process_worker_and_publishes(
         "RETRAINER_GIT_URL": str(REPOSITORY),
         "RETRAINER_GIT_COMMIT": "the-image-s-commit",
     }
-    forced = json.dumps({"parameters": {"epochs": 2, "model_name": "deployed", "force": True}})
-    again = prefect(cloning, "deployment", "run", "retrain/nightly", "--params", forced)
+    forced = json.dumps({"epochs": 2, "model_name": "deployed", "force": True})
+    again = prefect(cloning, "deployment", "run", "retrain/nightly", "--params", forced).stdout
     second_run = re.search(r"UUID: ([0-9a-f-]{36})", again)
     assert second_run, again
     prefect(cloning, "worker", "start", "--pool", "e2e-process", "--run-once", timeout=600)
-    assert flow_run_state(cloning, second_run.group(1)) == "COMPLETED"
+    assert flow_run(cloning, second_run.group(1))["state_type"] == "COMPLETED"
     versions = sorted((tmp_path / "store/models/deployed/versions").iterdir())
     manifest = json.loads((versions[-1] / "manifest.json").read_text())
     assert manifest["git_commit"] == cloned_commit
@@ -240,3 +263,50 @@ def test_the_docker_job_asks_for_every_gpu_and_keeps_its_cache_in_a_volume() -> 
     assert job.container_create_kwargs["device_requests"][0]["capabilities"] == [["gpu"]]
     assert job.volumes == ["retrainer-cache:/cache"]
     assert job.env["RETRAINER_DEVICE"] == "gpu"
+
+
+def commit_file(repository: Path, text: str) -> str:
+    (repository / "version.txt").write_text(text)
+    for command in (["add", "version.txt"], ["commit", "--quiet", "-m", text]):
+        subprocess.run(["git", "-C", str(repository), *command], check=True)
+    return subprocess.run(
+        ["git", "-C", str(repository), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_the_pull_step_clones_a_pinned_commit_and_records_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.pull import locate_code
+
+    repository = tmp_path / "code"
+    subprocess.run(["git", "init", "--quiet", "-b", "main", str(repository)], check=True)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "t")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "t@example.com")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "t")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "t@example.com")
+    pinned = commit_file(repository, "first")
+    commit_file(repository, "second")
+    monkeypatch.setenv("RETRAINER_GIT_URL", repository.as_uri())
+    monkeypatch.setenv("RETRAINER_GIT_REF", pinned)
+    monkeypatch.setenv("RETRAINER_GIT_COMMIT", "the-image-s-commit")
+
+    directory = Path(locate_code()["directory"])
+
+    assert (directory / "version.txt").read_text() == "first"
+    assert os.environ["RETRAINER_GIT_COMMIT"] == pinned
+    monkeypatch.setenv("RETRAINER_GIT_REF", "main")
+    assert (Path(locate_code()["directory"]) / "version.txt").read_text() == "second"
+
+
+def test_a_failed_clone_says_why_without_the_token_in_the_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.pull import locate_code
+
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("RETRAINER_GIT_URL", f"http://ci:ghp_s3cret@127.0.0.1:{port}/code.git")
+    with pytest.raises(RuntimeError, match=r"git fetch .* failed: ") as failed:
+        locate_code()
+    assert "ghp_s3cret" not in str(failed.value)
+    assert "http://***@127.0.0.1" in str(failed.value)

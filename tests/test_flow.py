@@ -36,7 +36,7 @@ from retrainer.freshness import identify_work
 from retrainer.lease import ModelLease
 from retrainer.registry import ModelRegistry
 from retrainer.serving import SERVING_SIGNATURE
-from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
+from retrainer.settings import TrainingConfig, load_settings
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from tests.bad_files import bad_checksum_png, decompression_bomb_png, one_bit_bmp, rle8_bmp
 from tests.conftest import digit_images, publish_stub_version, put_all, write_files
@@ -136,10 +136,12 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     assert lines[2].startswith(f"{images[2]}: does not decode: Unknown image file format.")
     assert lines[3] == f"(version {publication.version} of 'demo')"
 
-    unchanged = retrain()
-    assert unchanged.status == "skipped"
-    assert unchanged.champion_version == publication.version
-    assert "nothing changed since champion" in unchanged.message
+    assert main(["run", "--json"]) == 0  # what a script reads
+    unchanged = json.loads(capsys.readouterr().out)
+    assert (unchanged["state"], unchanged["status"]) == ("Skipped", "skipped")
+    assert unchanged["champion_version"] == publication.version
+    assert "nothing changed since champion" in unchanged["message"]
+    assert re.search(r"/runs/flow-run/[0-9a-f-]{36}\?tab=Artifacts$", unchanged["report"])
     assert len(ModelRegistry(store, "demo").list_versions()) == 1
     with get_client(sync_client=True) as client:
         (latest,) = client.read_artifacts(
@@ -178,7 +180,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     # A cold worker (an empty disk) on the next night: the prepared dataset is in the store.
     monkeypatch.setenv("RETRAINER_CACHE_DIR", str(tmp_path / "cold-worker"))
     requests.clear()
-    second = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
+    second = retrain(epochs=1, min_accuracy=1.0)
 
     assert requests.count("GET", source_reads) == 0
     assert requests.count("GET", f"/{bucket}/registry/prepared/") >= 2  # the index and a shard
@@ -204,7 +206,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
 
     # The same work again (same data, parameters, code) would be rejected again: not retrained.
     requests.clear()
-    again = retrain(RetrainParameters(epochs=1, min_accuracy=1.0))
+    again = retrain(epochs=1, min_accuracy=1.0)
     assert again.status == "skipped"
     assert requests.count("GET", source_reads) == 0
     assert f"as version {second.version} and rejected: test_accuracy" in again.message
@@ -226,24 +228,23 @@ def test_a_rolled_back_work_is_not_retrained_and_promoted_again_unless_forced(
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
     data_folder = tmp_path / "images"
     monkeypatch.setenv("RETRAINER_DATA_URL", data_folder.as_uri())
-    one_night = RetrainParameters(epochs=1)
     write_files(data_folder, {key: data for key, data in DATA.items() if key[2:] < "030"})
-    first = retrain(one_night)
+    first = retrain(epochs=1)
     write_files(data_folder, DATA)
-    second = retrain(one_night)
+    second = retrain(epochs=1)
     assert first.promoted and second.promoted
 
     assert main(["rollback", "--reason", "misclassifies class 2"]) == 0
     assert "withdrawn" in capsys.readouterr().out
 
-    night = retrain(one_night)
+    night = retrain(epochs=1)
     assert night.status == "skipped"
     assert f"made version {second.version}" in night.message
     assert "misclassifies class 2" in night.message
     assert night.champion_version == first.version
 
     caplog.clear()
-    forced = retrain(one_night.model_copy(update={"force": True}))
+    forced = retrain(epochs=1, force=True)
     assert forced.status != "skipped" and forced.version not in (first.version, second.version)
     assert "Forced: training anyway" in caplog.text
 
@@ -302,7 +303,7 @@ def test_a_champion_that_cannot_be_scored_fails_the_run_and_promotes_nothing(
     store.put(f"models/demo/versions/{first.version}/model.keras", b"not the model")
     champion_before = store.get("models/demo/champion.json")
 
-    state = retrain(RetrainParameters(epochs=1, min_accuracy=0.0, force=True), return_state=True)
+    state = retrain(epochs=1, min_accuracy=0.0, force=True, return_state=True)
 
     assert state.is_failed()
     assert f"champion {first.version} could not be loaded, so nothing is promoted" in str(

@@ -44,6 +44,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 STEPS = 32
 ALL_IMAGES = digit_images(classes=3, per_class=60)
 ONE_EPOCH = RetrainParameters(epochs=1)
+FORCED = ONE_EPOCH.model_copy(update={"force": True})
 LEASE_SECONDS = 10
 # Read at import: every test runs without RETRAINER_ variables (conftest's isolated_settings).
 REPLAYED_SEED = os.environ.get("RETRAINER_MONTHS_SEED")
@@ -94,7 +95,7 @@ def images_up_to(per_class: int) -> dict[str, bytes]:
 
 def night(months: Months, parameters: RetrainParameters = ONE_EPOCH) -> Publication:
     """A night that must finish (promoted, rejected, skipped or conflict), whatever came before."""
-    publication = retrain(parameters)
+    publication = retrain(**parameters.model_dump())
     months.killed = False  # the run finished whatever a kill left (read_champion)
     if publication.promoted and not parameters.force:
         assert publication.version is not None
@@ -128,7 +129,7 @@ def bad_data_night(months: Months) -> None:
     junk = {f"{label}/junk-{n}.png": b"not an image" for label in "012" for n in range(per_class)}
     months.upload(junk)
     with pytest.raises(DataError, match="unusable"):
-        retrain(ONE_EPOCH)
+        retrain(epochs=1)
     months.remove(list(junk))
     months.say("a night with a third of the files unusable: stopped with what to fix")
 
@@ -250,7 +251,7 @@ def outage_longer_than_the_lease(months: Months) -> None:
     thread = threading.Thread(target=partition)
     thread.start()
     try:
-        outcome = f"finished: {retrain(ONE_EPOCH).status}"
+        outcome = f"finished: {retrain(epochs=1).status}"
     except LeaseLost as error:
         outcome = f"stopped: {str(error)[:60]}"
     thread.join()
@@ -279,11 +280,11 @@ def behind_clock_worker(months: Months, monkeypatch: pytest.MonkeyPatch) -> None
         for module in ("retrainer.registry", "retrainer.lease", "retrainer.publishing"):
             patch.setattr(f"{module}.datetime", BehindClock)
         with pytest.raises(LeaseHeld, match="on-time-worker"):
-            retrain(ONE_EPOCH)
+            retrain(epochs=1)
     with monkeypatch.context() as patch:
         for module in ("retrainer.registry", "retrainer.lease", "retrainer.publishing"):
             patch.setattr(f"{module}.datetime", BehindClock)
-        outcome = night(months, ONE_EPOCH.model_copy(update={"force": True}))
+        outcome = night(months, FORCED)
     months.say(
         f"a worker 10 min behind: refused while another held the lease, then {outcome.status}"
     )
@@ -298,7 +299,7 @@ def lose_the_champion_pointer(months: Months) -> None:
     else:
         months.registry.store.put(months.registry.keys.champion, b'{"version": "torn')
     with pytest.raises(RegistryCorrupt, match="retrainer repair"):
-        retrain(ONE_EPOCH)  # never "first model"
+        retrain(epochs=1)  # never "first model"
     assert main(["repair"]) == 0, months.context()
     restored, _ = months.registry.read_champion()
     assert restored == champion, months.context()

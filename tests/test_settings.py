@@ -136,6 +136,8 @@ def test_run_parameters_take_their_bounds_from_the_settings_they_override() -> N
     parameters = RetrainParameters.model_json_schema()["properties"]
     settings = TrainingConfig.model_json_schema()["properties"]
     for name in ("epochs", "batch_size", "learning_rate"):
-        (given,) = (choice for choice in parameters[name]["anyOf"] if choice["type"] != "null")
+        given = parameters[name]
         expected = {key: value for key, value in settings[name].items() if key in bounds}
         assert expected and {key: given[key] for key in given if key in bounds} == expected, name
+        assert given["type"] == settings[name]["type"], name
+        assert given["description"].startswith(settings[name]["description"]), name

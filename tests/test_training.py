@@ -21,7 +21,6 @@ from flows.retrain import retrain
 from retrainer.checkpoints import CheckpointMirror
 from retrainer.data.local import split_here
 from retrainer.devices import plan_devices
-from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, ObjectStore, S3Store
 from tests import records
 from tests.conftest import digit_images, write_files
@@ -177,7 +176,7 @@ def test_warm_start_begins_from_the_champions_weights(
 
     # One epoch at a learning rate too small to move any weight visibly: what comes out is what
     # went in, so the candidate's weights show where training started.
-    warm = retrain(RetrainParameters(epochs=1, learning_rate=1e-12))
+    warm = retrain(epochs=1, learning_rate=1e-12)
 
     def kernel(version: str | None) -> np.ndarray:
         path = tmp_path / f"{version}.keras"
@@ -189,7 +188,7 @@ def test_warm_start_begins_from_the_champions_weights(
     assert warm_manifest["started_from"] == f"champion {first.version}"
 
     monkeypatch.setenv("RETRAINER_WARM_START", "never")
-    fresh = retrain(RetrainParameters(epochs=1, learning_rate=1e-12, force=True))
+    fresh = retrain(epochs=1, learning_rate=1e-12, force=True)
     assert not np.allclose(kernel(fresh.version), kernel(first.version), atol=1e-3)
 
 

@@ -18,7 +18,7 @@ from retrainer.models import fetch_backbone_weights, find_backbone
 from retrainer.records import DataSplit
 from retrainer.registry import ModelRegistry
 from retrainer.serving import download_serving_model, predict_files
-from retrainer.settings import RetrainParameters, TrainingConfig, load_settings
+from retrainer.settings import TrainingConfig, load_settings
 from retrainer.storage import LocalStore, S3Store
 from retrainer.training import train_model
 from tests.conftest import digit_images, put_all, write_files
@@ -225,6 +225,6 @@ def test_a_backbone_model_from_store_weights_publishes_serves_and_warm_starts(
     [prediction] = predict_files(served, [image])
     assert prediction.class_name in {"0", "1", "2"}
 
-    second = retrain(RetrainParameters(force=True))
+    second = retrain(force=True)
     manifest = json.loads(store.get(f"models/demo/versions/{second.version}/manifest.json"))
     assert manifest["started_from"] == f"champion {first.version}"
