@@ -41,18 +41,17 @@ def option_name(field: str) -> str:
 
 # The run form's JSON types, as argparse reads them.
 OPTION_TYPES: dict[str, type] = {"integer": int, "number": float, "string": str}
-BOUND_WORDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
 
 
 def add_parameter_options(parser: argparse.ArgumentParser) -> None:
-    """One option per run parameter, typed, bounded and described as the Prefect form shows it."""
+    """One option per run parameter, typed and described (bounds included) as the Prefect form
+    shows it."""
     for name, shown in RetrainParameters.model_json_schema()["properties"].items():
         if shown["type"] == "boolean":
             parser.add_argument(option_name(name), action="store_true", help=shown["description"])
             continue
-        bounds = [f"{word} {shown[key]}" for key, word in BOUND_WORDS.items() if key in shown]
-        help_text = shown["description"] + (f" ({', '.join(bounds)})" if bounds else "")
-        parser.add_argument(option_name(name), type=OPTION_TYPES[shown["type"]], help=help_text)
+        kind = OPTION_TYPES[shown["type"]]
+        parser.add_argument(option_name(name), type=kind, help=shown["description"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +195,7 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     outcome = state.result()
     report = report_location(state, outcome.model_name)
     if arguments.json:
-        night = {"state": state.name, **outcome.model_dump(mode="json"), "report": report}
+        night = {"state": outcome.outcome, **outcome.model_dump(mode="json"), "report": report}
         print(json.dumps(night, indent=2))
         return 0
     print(f"Model '{outcome.model_name}': {outcome.status}")
@@ -204,7 +203,7 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
         print(f"  version {outcome.version} uploaded to {outcome.version_url}")
     print(f"  champion: {outcome.champion_version or 'none'}")
     print(f"  report: {report}")
-    print(f"{state.name}: {outcome.message}")
+    print(f"{outcome.outcome}: {outcome.message}")
     return 0
 
 

@@ -11,13 +11,17 @@ matplotlib.use("Agg")  # no screen on workers
 import matplotlib.pyplot as plt
 
 
-def plot_training_curves(history: dict[str, list[float]], destination: Path) -> Path:
-    """Loss and accuracy per epoch, training and validation side by side."""
+def plot_training_curves(
+    history: dict[str, list[float]], kept_epoch: int, destination: Path
+) -> Path:
+    """Loss and accuracy per epoch, training and validation side by side; a line marks the epoch
+    whose weights the model kept."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix, label in (("", "training"), ("val_", "validation")):
             values = history.get(prefix + metric, [])
             axis.plot(range(1, len(values) + 1), values, marker="o", label=label)
+        axis.axvline(kept_epoch, color="grey", linestyle="--", label=f"kept: epoch {kept_epoch}")
         axis.set_title(metric)
         axis.set_xlabel("epoch")
         axis.legend()

@@ -134,7 +134,7 @@ def publish_version(
         HISTORY_FILE: trained.history_path,
         METRICS_FILE: run.file(METRICS_FILE),
         DECISION_FILE: run.file(DECISION_FILE),
-        CURVES_PLOT: plot_training_curves(history, run.file(CURVES_PLOT)),
+        CURVES_PLOT: plot_training_curves(history, trained.kept_epoch, run.file(CURVES_PLOT)),
         CONFUSION_PLOT: plot_confusion_matrix(
             scores.confusion_matrix, split.class_names, run.file(CONFUSION_PLOT)
         ),

@@ -270,6 +270,11 @@ class TrainedModel(BaseModel):
     stopped_early: bool = Field(
         False, description="early stopping ended it; the best epoch's weights were kept"
     )
+    kept_epoch: int = Field(description="the epoch whose weights the model has (1-based)")
+    still_improving: bool = Field(description="val_loss was at its best in the last epoch")
+    images_per_second: float | None = Field(
+        None, description="training images per second of `fit` (validation included) this run"
+    )
 
 
 class ModelScores(BaseModel):
@@ -318,6 +323,28 @@ class PairedTest(BaseModel):
             )
         low, high = self.interval or (0.0, 0.0)
         return f"bootstrap CI [{low:+.4f}, {high:+.4f}]"
+
+    def in_words(self) -> str:
+        """The same evidence for a reader who does not know the tests: is the change real?"""
+        if self.too_small:
+            return f"too few images ({self.images}) to tell"
+        verdict = (
+            "better, not by chance"
+            if self.significantly_better
+            else "worse, not by chance"
+            if self.significantly_worse
+            else "could be chance"
+        )
+        if self.method == "mcnemar":
+            only_candidate, only_champion = self.discordant or (0, 0)
+            if not only_candidate and not only_champion:
+                return "no difference: both models got the same images right"
+            return (
+                f"{verdict}: only the candidate got {only_candidate} right, only the champion "
+                f"{only_champion} (p={self.p_value:.2g})"
+            )
+        low, high = self.interval or (0.0, 0.0)
+        return f"{verdict}: 95% of resamples between {low:+.3f} and {high:+.3f}"
 
 
 class Evaluation(BaseModel):
@@ -481,3 +508,9 @@ class Publication(BaseModel):
     @property
     def promoted(self) -> bool:
         return self.status == "promoted"
+
+    @property
+    def outcome(self) -> str:
+        """`Promoted`, `Rejected`, `Conflict` or `Skipped`: the run's final state, the report's
+        title, the CLI's last line."""
+        return self.status.capitalize()

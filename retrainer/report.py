@@ -32,7 +32,7 @@ def listed(items: list[tuple[str, str]]) -> str:
 
 
 def skipped_report(skipped: Publication) -> str:
-    return f"# Retrain of `{skipped.model_name}`: skipped\n\n{skipped.message}"
+    return f"# `{skipped.model_name}`: {skipped.outcome}\n\n{skipped.message}"
 
 
 def _format(value: float | None) -> str:
@@ -50,24 +50,34 @@ def _figures(scores: ModelScores | None) -> dict[str, float]:
 
 
 def metrics_table(decision: GateDecision) -> list[str]:
-    """Candidate on validation (chosen on it) and test (never seen) beside the champion on test."""
+    """The candidate and the champion on the same test images, and whether each change is real."""
     test = _figures(decision.candidate)
-    validation = _figures(decision.candidate_validation)
     champion = _figures(decision.champion)
-    evidence = {paired.metric: paired.describe() for paired in decision.paired_tests}
+    evidence = {paired.metric: paired.in_words() for paired in decision.paired_tests}
     lines = [
-        "| metric | candidate, validation | candidate, test | champion, test | change | "
-        "is it real? |",
-        "|---|---|---|---|---|---|",
+        "| metric | candidate | champion | change | is it real? |",
+        "|---|---|---|---|---|",
     ]
     for name, value in test.items():
         best = champion.get(name)
         change = "-" if best is None else f"{value - best:+.4f}"
         lines.append(
-            f"| {name} | {_format(validation.get(name))} | {_format(value)} | {_format(best)} "
-            f"| {change} | {evidence.get(name, '-')} |"
+            f"| {name} | {_format(value)} | {_format(best)} | {change} "
+            f"| {evidence.get(name, '-')} |"
         )
     return lines
+
+
+def validation_line(decision: GateDecision) -> str:
+    """The candidate's figures on the images early stopping chose it on: optimistic by design."""
+    validation = _figures(decision.candidate_validation)
+    if not validation:
+        return ""
+    shown = ", ".join(f"{name} {validation[name]:.4f}" for name in ("accuracy", "macro_f1"))
+    return (
+        f"On validation, where early stopping chose it, the candidate scored {shown}: "
+        "the gap to its test figures is that choice's optimism."
+    )
 
 
 def checks_table(decision: GateDecision) -> list[str]:
@@ -79,6 +89,39 @@ def checks_table(decision: GateDecision) -> list[str]:
     return lines
 
 
+def training_table(trained: TrainedModel, stage_seconds: dict[str, float]) -> list[str]:
+    """How training went, in the order a person asks: where, from what, how long, how far."""
+    if trained.diverged:
+        ending = f"diverged: {trained.diverged}"
+    elif trained.stopped_early:
+        ending = "converged: early stopping ended it, val_loss no longer improved"
+    elif trained.still_improving:
+        ending = (
+            "still improving: val_loss was at its best in the last epoch (more epochs may help)"
+        )
+    else:
+        ending = "converged: val_loss stopped improving before the last epoch"
+    speed = (
+        f"{trained.images_per_second:,.0f} training images/s through fit (validation included)"
+        if trained.images_per_second
+        else "-"
+    )
+    resumed = (
+        f" (resumed after epoch {trained.resumed_from_epoch})" if trained.resumed_from_epoch else ""
+    )
+    stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in stage_seconds.items())
+    rows = {
+        "device": trained.device,
+        "started from": trained.started_from,
+        "epochs": f"{trained.epochs_run} run{resumed}; the weights of epoch {trained.kept_epoch} "
+        "kept",
+        "how it ended": ending,
+        "speed": speed,
+        "seconds per stage": stages or "-",
+    }
+    return ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows.items())]
+
+
 def run_report(
     data: ValidatedData,
     split: DataSplit,
@@ -86,25 +129,27 @@ def run_report(
     decision: GateDecision,
     publication: Publication,
     images: dict[str, bytes],
+    stage_seconds: dict[str, float],
 ) -> str:
-    verdict = "promoted to champion" if publication.promoted else "not promoted"
+    """The outcome once, then training, the comparison, the data and the files."""
     counts = ", ".join(f"{name}: {count}" for name, count in data.images_per_class.items())
     lines = [
-        f"# Retrain of `{publication.model_name}`: {verdict}",
-        "",
-        f"**Decision:** {decision.reason}",
+        f"# `{publication.model_name}`: {publication.outcome}",
         "",
         publication.message,
         "",
-        f"**Champion comparison:** {decision.champion_note}",
+        "## Training",
+        "",
+        *training_table(trained, stage_seconds),
         "",
         f"## Candidate versus champion ({decision.test_images} test images, seen by neither)",
         "",
-        f"Copies of one photograph: {decision.copies}." if decision.copies else "",
-        "The validation figure is the one early stopping chose the candidate on: the gap to "
-        "its test figure is that choice's optimism.",
+        decision.champion_note,
         "",
+        f"Copies of one photograph: {decision.copies}." if decision.copies else "",
         *metrics_table(decision),
+        "",
+        validation_line(decision),
         "",
         "## Gate checks",
         "",
@@ -131,12 +176,6 @@ def run_report(
         f"{len(data.prepared.refused)} object(s) refused"
         + listed([(item.key, item.reason) for item in data.prepared.refused]),
         f"Classes: {data.class_change}" if data.class_change else "",
-        "",
-        "## Training",
-        "",
-        f"{trained.device}; {trained.epochs_run} epochs"
-        + ("; stopped early (the best epoch's weights kept)" if trained.stopped_early else "")
-        + (f"; diverged: {trained.diverged}" if trained.diverged else ""),
         "",
         f"## Files in `{publication.version_url}`",
         "",

@@ -398,14 +398,20 @@ class Settings(TrainingConfig, BaseSettings):
         return self.model_copy(update={**given, "gate": gate})
 
 
+BOUND_WORDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
+
+
 def shown_as_setting(kind: type, setting: FieldInfo, variable: str) -> WithJsonSchema:
     """How a run parameter that overrides a setting shows in the Prefect run form and in `--help`:
     one plain field of the setting's type, bounds and description (no None-or-value switch), which
-    left empty keeps what the worker's settings say."""
+    left empty keeps what the worker's settings say. The form does not show bounds by itself, so
+    the description says them."""
     bounded = Annotated[kind, Field(), *setting.metadata]  # type: ignore[valid-type]  # built here
     shown = TypeAdapter[object](bounded).json_schema()
+    bounds = ", ".join(f"{word} {shown[key]}" for key, word in BOUND_WORDS.items() if key in shown)
+    description = (setting.description or "").rstrip(".") + (f" ({bounds})" if bounds else "")
     default = "" if setting.default is None else f", {setting.default} unless set"
-    description = f"{setting.description} Empty: the worker's {variable}{default}."
+    description += f". Empty: the worker's {variable}{default}."
     return WithJsonSchema({**shown, "description": description})
 
 

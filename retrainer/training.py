@@ -169,10 +169,11 @@ def train_model(
     fine_tuning = config.total_epochs > config.epochs
     # A resumed run that finished every epoch still calls fit: BackupAndRestore loads the last
     # epoch's weights there. When fine-tuning was reached, its own fit loads them.
+    fit_seconds = 0.0
     if resumed_from < config.epochs or not fine_tuning:
         # Early stopping belongs to the last phase: a frozen phase cut short would leave the
         # fine-tuning phase no fixed epoch to start, and resume, at.
-        phase.fit(0, config.epochs, early_stopping=not fine_tuning)
+        fit_seconds += phase.fit(0, config.epochs, early_stopping=not fine_tuning)
     if fine_tuning and not diverged(history):
         with strategy.scope():
             trainable = start_fine_tuning(model, config)
@@ -185,10 +186,12 @@ def train_model(
             # The checkpoint of the last frozen epoch holds that phase's optimizer, which has
             # fewer variables than the new one: Keras skips it with a warning, as it should.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            phase.fit(config.epochs, config.total_epochs, early_stopping=True)
+            fit_seconds += phase.fit(config.epochs, config.total_epochs, early_stopping=True)
 
+    epochs_fitted = len(history.get("loss", [])) - resumed_from
+    speed = split.train_count * epochs_fitted / fit_seconds if fit_seconds else None
     return outcome(
-        model, history, run, config, plan.description, started_from, resumed_from, started_at
+        model, history, run, config, plan.description, started_from, resumed_from, started_at, speed
     )
 
 
@@ -250,9 +253,9 @@ class FitPhase:
     early_stopping_patience: int
     out_of_memory: str = field(repr=False)
 
-    def fit(self, first_epoch: int, last_epoch: int, early_stopping: bool) -> None:
+    def fit(self, first_epoch: int, last_epoch: int, early_stopping: bool) -> float:
         """Epochs first_epoch+1 to last_epoch; BackupAndRestore moves the start to the last
-        finished epoch of this work."""
+        finished epoch of this work. Returns the seconds `fit` took."""
         stops = []
         if early_stopping and self.early_stopping_patience:
             stops.append(
@@ -262,6 +265,7 @@ class FitPhase:
                     restore_best_weights=True,
                 )
             )
+        started = time.monotonic()
         try:
             self.model.fit(
                 self.train,
@@ -280,10 +284,30 @@ class FitPhase:
                 "last finished epoch is kept and training resumes there "
                 f"({str(error.message).splitlines()[0][:200]})"
             ) from None
+        return time.monotonic() - started
 
 
 def diverged(history: dict[str, list[float]]) -> bool:
     return any(math.isnan(value) for value in history.get("loss", []))
+
+
+def kept_epoch(history: dict[str, list[float]], config: TrainingConfig, resumed_from: int) -> int:
+    """The epoch whose weights the model has: the last one, or with early stopping the best
+    val_loss of the last phase. (Keras' EarlyStopping restores the best epoch it saw, also when it
+    did not stop; it sees the epochs of its own `fit` call, which starts after a resume.)"""
+    epochs_run = len(history.get("loss", []))
+    if not config.early_stopping_patience or diverged(history):
+        return epochs_run
+    phase_start = config.epochs if config.total_epochs > config.epochs else 0
+    first = max(phase_start, resumed_from)
+    seen = history.get("val_loss", [])[first:]
+    return first + 1 + seen.index(min(seen)) if seen else epochs_run
+
+
+def still_improving(history: dict[str, list[float]]) -> bool:
+    """val_loss was at its best in the last epoch: more epochs would likely have helped."""
+    losses = history.get("val_loss", [])
+    return bool(losses) and not diverged(history) and losses[-1] <= min(losses)
 
 
 def outcome(
@@ -295,6 +319,7 @@ def outcome(
     started_from: str,
     resumed_from: int,
     started_at: datetime,
+    images_per_second: float | None,
 ) -> TrainedModel:
     """Save the model and its full history in the run folder, and say how training ended."""
     epochs_run = len(history.get("loss", []))
@@ -324,4 +349,7 @@ def outcome(
         finished_at=datetime.now(UTC),
         diverged=why_diverged,
         stopped_early=not why_diverged and epochs_run < config.total_epochs,
+        kept_epoch=kept_epoch(history, config, resumed_from),
+        still_improving=still_improving(history),
+        images_per_second=images_per_second,
     )

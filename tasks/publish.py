@@ -23,7 +23,7 @@ from retrainer.report import artifact_key, run_report
 from retrainer.settings import Settings
 from tasks.lease import model_registry
 from tasks.retries import io_task
-from tasks.runtime import current_run_id, run_folder
+from tasks.runtime import current_run_id, run_folder, stage_seconds
 
 
 @io_task("publish model")
@@ -55,7 +55,7 @@ def publish(
     )
     images = {name: path.read_bytes() for name, path in published.plots.items()}
     create_markdown_artifact(
-        markdown=run_report(data, split, trained, decision, publication, images),
+        markdown=run_report(data, split, trained, decision, publication, images, stage_seconds()),
         key=artifact_key(settings.model_name),
         description=publication.message,
     )

@@ -88,6 +88,9 @@ def trained_model(**changes: Any) -> TrainedModel:
         device="No GPU found: training on the CPU (float32)",
         started_from="a fresh model",
         epochs_run=10,
+        kept_epoch=8,
+        still_improving=False,
+        images_per_second=850.0,
         started_at=now,
         finished_at=now,
     )

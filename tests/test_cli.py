@@ -147,7 +147,10 @@ def test_run_options_come_from_the_run_parameters_with_their_help(
     for name, shown in RetrainParameters.model_json_schema()["properties"].items():
         assert "--" + name.replace("_", "-") in out
         assert shown["description"].split()[0] in out
-    assert "30 unless set. (>= 1, <= 1000)" in " ".join(out.split())
+    assert (
+        "Training epochs (>= 1, <= 1000). Empty: the worker's RETRAINER_EPOCHS, 30 unless set."
+        in " ".join(out.split())
+    )
 
 
 def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:

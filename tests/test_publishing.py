@@ -22,7 +22,7 @@ from retrainer.records import (
     RefusedObject,
 )
 from retrainer.registry import ModelRegistry
-from retrainer.report import run_report
+from retrainer.report import run_report, training_table
 from retrainer.settings import GateSettings
 from retrainer.significance import paired_tests
 from retrainer.storage import LocalStore
@@ -82,7 +82,9 @@ def test_a_passing_candidate_whose_champion_moved_meanwhile_ends_in_conflict(
     assert "changed by another run" in second.message and "v3 stays published" in second.message
 
 
-def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> None:
+def test_the_run_report_opens_with_the_outcome_once_then_training_comparison_data_and_plots() -> (
+    None
+):
     copies = "2 test image(s) left out of the gate: a copy of each trained before it came"
     decision = a_decision().model_copy(update={"copies": copies})
     refused = [RefusedObject(key="../escape.png", reason="has an empty, '.' or '..' component")]
@@ -93,24 +95,50 @@ def test_the_run_report_shows_decision_both_splits_evidence_data_and_plots() -> 
         label_conflicts=[conflict],
     )
     data_split = records.data_split()
-    trained = records.trained_model(started_from="champion v1", epochs_run=7, stopped_early=True)
+    trained = records.trained_model(
+        started_from="champion v1", epochs_run=7, kept_epoch=4, stopped_early=True
+    )
     published = unpromoted("v2").model_copy(update={"status": "promoted"})
+    stages = {"list data": 0.4, "prepare dataset": 12.3, "train model": 61.0}
 
-    report = run_report(data, data_split, trained, decision, published, {"curves.png": PNG})
+    report = run_report(data, data_split, trained, decision, published, {"curves.png": PNG}, stages)
 
-    assert report.startswith("# Retrain of `m`: promoted to champion")
-    assert f"**Decision:** {decision.reason}" in report
-    assert "| accuracy | 0.9500 | 0.9500 | 0.8500 | +0.1000 | McNemar p=" in report
-    assert "| recall[dog] |" in report and "bootstrap CI [" in report
+    title, _, first_line, *_ = report.splitlines()
+    assert (title, first_line) == ("# `m`: Promoted", published.message)
+    assert report.count(decision.reason) <= 1  # the decision is said once, in the message
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert [section.split(" (")[0] for section in sections] == [
+        "## Training",
+        "## Candidate versus champion",
+        "## Gate checks",
+        "## Data",
+        f"## Files in `{published.version_url}`",
+    ]
+    assert "| device | No GPU found: training on the CPU (float32) |" in report
+    assert "| started from | champion v1 |" in report
+    assert "| epochs | 7 run; the weights of epoch 4 kept |" in report
+    assert "| how it ended | converged: early stopping ended it" in report
+    assert "| speed | 850 training images/s through fit" in report
+    assert "list data 0 s, prepare dataset 12 s, train model 61 s" in report
+    assert "| accuracy | 0.9500 | 0.8500 | +0.1000 | better, not by chance: only the candidate" in (
+        report
+    )
+    assert "| recall[dog] |" in report and "95% of resamples between" in report
+    assert "On validation, where early stopping chose it, the candidate scored accuracy" in report
     assert "130 training, 30 validation and 40 test images" in report
     assert "- `dog/broken.jpg`: does not decode" in report
     assert "- `../escape.png`: has an empty, '.' or '..' component" in report
-    assert "stopped early" in report and "training on the CPU" in report
     assert f"Copies of one photograph: {copies}." in report
     assert "1 label conflict(s)" in report
     assert "- `cat/1.jpg, dog/1.jpg`: cat and dog, quarantined" in report
     encoded = base64.b64encode(PNG).decode()
     assert f"![curves.png](data:image/png;base64,{encoded})" in report
+
+
+def test_a_model_still_improving_at_its_last_epoch_is_reported_as_such() -> None:
+    trained = records.trained_model(epochs_run=30, kept_epoch=30, still_improving=True)
+    (row,) = [line for line in training_table(trained, {}) if "how it ended" in line]
+    assert "still improving: val_loss was at its best in the last epoch" in row
 
 
 calls: list[str] = []

@@ -140,4 +140,4 @@ def test_run_parameters_take_their_bounds_from_the_settings_they_override() -> N
         expected = {key: value for key, value in settings[name].items() if key in bounds}
         assert expected and {key: given[key] for key in given if key in bounds} == expected, name
         assert given["type"] == settings[name]["type"], name
-        assert given["description"].startswith(settings[name]["description"]), name
+        assert given["description"].startswith(settings[name]["description"].rstrip(".")), name

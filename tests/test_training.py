@@ -458,3 +458,24 @@ def test_augmentation_changes_images_in_training_and_nothing_at_inference() -> N
     np.testing.assert_allclose(served, plain(images, training=False).numpy(), atol=1e-6)
     assert not np.allclose(augmented(images, training=True).numpy(), served, atol=1e-3)
     assert with_augmentation(plain, TrainingConfig()) is plain  # none configured: unchanged
+
+
+def test_the_kept_epoch_is_the_best_validation_loss_of_the_last_phase_since_the_resume() -> None:
+    from retrainer.settings import TrainingConfig
+    from retrainer.training import kept_epoch, still_improving
+
+    history = {"loss": [1.0] * 6, "val_loss": [0.9, 0.5, 0.7, 0.6, 0.8, 0.75]}
+    config = TrainingConfig(epochs=6, early_stopping_patience=3)
+    assert kept_epoch(history, config, resumed_from=0) == 2
+    assert kept_epoch(history, config, resumed_from=2) == 4  # EarlyStopping saw epochs 3-6
+    fine_tuning = TrainingConfig(
+        epochs=3,
+        fine_tune_epochs=3,
+        backbone="mobilenet_v3_small",
+        backbone_weights="imagenet",
+        early_stopping_patience=3,
+    )
+    assert kept_epoch(history, fine_tuning, resumed_from=0) == 4  # the frozen phase never stops
+    assert kept_epoch(history, config.model_copy(update={"early_stopping_patience": 0}), 0) == 6
+    assert not still_improving(history)
+    assert still_improving({"loss": [1.0, 1.0], "val_loss": [0.9, 0.8]})
