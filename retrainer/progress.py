@@ -27,6 +27,8 @@ class Progress:
         self.log = log
         self.on_progress = on_progress
         self.last = time.monotonic()
+        if total == 0 and on_progress:
+            on_progress(0, 0)  # nothing to do is done: a progress bar must not stay at 0%
 
     def advance(self) -> None:
         self.done += 1

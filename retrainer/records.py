@@ -325,26 +325,23 @@ class PairedTest(BaseModel):
         return f"bootstrap CI [{low:+.4f}, {high:+.4f}]"
 
     def in_words(self) -> str:
-        """The same evidence for a reader who does not know the tests: is the change real?"""
+        """The same evidence, short, for a reader who does not know the tests: is it real?"""
         if self.too_small:
             return f"too few images ({self.images}) to tell"
         verdict = (
-            "better, not by chance"
+            "better, not chance"
             if self.significantly_better
-            else "worse, not by chance"
+            else "worse, not chance"
             if self.significantly_worse
             else "could be chance"
         )
         if self.method == "mcnemar":
             only_candidate, only_champion = self.discordant or (0, 0)
             if not only_candidate and not only_champion:
-                return "no difference: both models got the same images right"
-            return (
-                f"{verdict}: only the candidate got {only_candidate} right, only the champion "
-                f"{only_champion} (p={self.p_value:.2g})"
-            )
+                return "no difference"
+            return f"{verdict} ({only_candidate} vs {only_champion} images, p={self.p_value:.2g})"
         low, high = self.interval or (0.0, 0.0)
-        return f"{verdict}: 95% of resamples between {low:+.3f} and {high:+.3f}"
+        return f"{verdict} (95%: {low:+.3f} to {high:+.3f})"
 
 
 class Evaluation(BaseModel):

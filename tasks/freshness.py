@@ -41,6 +41,6 @@ def report_skipped(skipped: Publication, settings: Settings) -> Publication:
     create_markdown_artifact(
         markdown=skipped_report(skipped),
         key=artifact_key(skipped.model_name),
-        description=skipped.message,
+        description=f"Run report: {skipped.outcome}",
     )
     return skipped

@@ -57,7 +57,7 @@ def publish(
     create_markdown_artifact(
         markdown=run_report(data, split, trained, decision, publication, images, stage_seconds()),
         key=artifact_key(settings.model_name),
-        description=publication.message,
+        description=f"Run report: {publication.outcome}",
     )
     # Everything of this run is in the store now; its local files would only fill the disk.
     shutil.rmtree(run_folder(settings).root, ignore_errors=True)

@@ -50,6 +50,6 @@ def progress_reporter(description: str) -> Callable[[int, int], None]:
     assert isinstance(artifact, UUID)  # called from sync code: the value, not a coroutine
 
     def report(done: int, total: int) -> None:
-        update_progress_artifact(artifact, 100.0 * done / total)
+        update_progress_artifact(artifact, 100.0 * done / total if total else 100.0)
 
     return report

@@ -463,3 +463,13 @@ def test_a_shard_that_lost_records_fails_the_input_loudly(tmp_path: Path) -> Non
     for budget in (1 << 30, 0):
         with pytest.raises((ValueError, tf.errors.OpError)):
             epoch_of(input_fn(data_split, "train", shuffle=False, memory_budget=budget))
+
+
+def test_a_step_with_nothing_to_do_shows_as_done_not_stuck_at_zero() -> None:
+    import logging
+
+    from retrainer.progress import Progress
+
+    seen: list[tuple[int, int]] = []
+    Progress("Downloading shards", 0, logging.getLogger("test"), lambda *done: seen.append(done))
+    assert seen == [(0, 0)]

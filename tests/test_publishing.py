@@ -22,7 +22,7 @@ from retrainer.records import (
     RefusedObject,
 )
 from retrainer.registry import ModelRegistry
-from retrainer.report import run_report, training_table
+from retrainer.report import EVIDENCE_IN_WORDS, run_report, training_lines
 from retrainer.settings import GateSettings
 from retrainer.significance import paired_tests
 from retrainer.storage import LocalStore
@@ -112,18 +112,17 @@ def test_the_run_report_opens_with_the_outcome_once_then_training_comparison_dat
         "## Candidate versus champion",
         "## Gate checks",
         "## Data",
-        f"## Files in `{published.version_url}`",
+        "## Files",
     ]
-    assert "| device | No GPU found: training on the CPU (float32) |" in report
-    assert "| started from | champion v1 |" in report
-    assert "| epochs | 7 run; the weights of epoch 4 kept |" in report
-    assert "| how it ended | converged: early stopping ended it" in report
-    assert "| speed | 850 training images/s through fit" in report
-    assert "list data 0 s, prepare dataset 12 s, train model 61 s" in report
-    assert "| accuracy | 0.9500 | 0.8500 | +0.1000 | better, not by chance: only the candidate" in (
-        report
-    )
-    assert "| recall[dog] |" in report and "95% of resamples between" in report
+    assert "- **Device:** No GPU found: training on the CPU (float32)\n" in report
+    assert "- **Started from:** champion v1\n" in report
+    assert "- **Epochs:** 7 run; the weights of epoch 4 kept\n" in report
+    assert "- **How it ended:** converged: early stopping ended it" in report
+    assert "- **Speed:** 850 training images/s through fit" in report
+    assert "- **Seconds per stage:** list data 0, prepare dataset 12, train model 61" in report
+    assert "| accuracy | 0.9500 | 0.8500 | +0.1000 | better, not chance (" in report
+    assert "| recall[dog] |" in report and "(95%: " in report
+    assert EVIDENCE_IN_WORDS in report
     assert "On validation, where early stopping chose it, the candidate scored accuracy" in report
     assert "130 training, 30 validation and 40 test images" in report
     assert "- `dog/broken.jpg`: does not decode" in report
@@ -137,7 +136,7 @@ def test_the_run_report_opens_with_the_outcome_once_then_training_comparison_dat
 
 def test_a_model_still_improving_at_its_last_epoch_is_reported_as_such() -> None:
     trained = records.trained_model(epochs_run=30, kept_epoch=30, still_improving=True)
-    (row,) = [line for line in training_table(trained, {}) if "how it ended" in line]
+    (row,) = [line for line in training_lines(trained, {}) if "How it ended" in line]
     assert "still improving: val_loss was at its best in the last epoch" in row
 
 
