@@ -15,9 +15,10 @@ from retrainer.records import (
 )
 
 
-def artifact_key(model_name: str) -> str:
-    """The key of a model's run reports in Prefect: lower-case letters, digits and dashes only."""
-    return "retrain-" + re.sub(r"[^a-z0-9-]", "-", model_name)
+def artifact_key(model_name: str, kind: str = "retrain") -> str:
+    """The key of a model's artifacts of one kind in Prefect (its run reports, "retrain", or its
+    data summaries, "data-summary"): one history per model; lower-case, digits and dashes only."""
+    return f"{kind}-" + re.sub(r"[^a-z0-9-]", "-", model_name)
 
 
 LISTED_AT_MOST = 100

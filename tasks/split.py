@@ -9,6 +9,7 @@ from retrainer.data.preparation import unmark_reader
 from retrainer.data.shards import fetch_shards
 from retrainer.data.splits import split_data
 from retrainer.records import DataSplit, ValidatedData
+from retrainer.report import artifact_key
 from retrainer.settings import Settings
 from tasks.retries import io_task
 from tasks.runtime import current_run_id, progress_reporter, run_folder
@@ -53,7 +54,7 @@ def split(data: ValidatedData, settings: Settings) -> DataSplit:
             }
             for name in data_split.class_names
         ],
-        key="data-summary",
+        key=artifact_key(settings.model_name, "data-summary"),
         description=f"Images per class; {len(data.quarantined)} file(s) quarantined",
     )
     return data_split

@@ -196,6 +196,7 @@ def test_deployment_files_parse_and_the_schedule_is_nightly() -> None:
     (nightly,) = config["deployments"]
     assert nightly["schedules"][0] == {"cron": "0 2 * * *", "timezone": "UTC", "active": True}
     assert nightly["concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_limit"]["grace_period_seconds"] >= 900  # a GPU node's start-up
     # The stages' module loggers reach the run log wherever the flow runs.
     extra_loggers = nightly["work_pool"]["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"]
     assert extra_loggers == retrainer.__name__
@@ -310,3 +311,34 @@ def test_a_failed_clone_says_why_without_the_token_in_the_url(
         locate_code()
     assert "ghp_s3cret" not in str(failed.value)
     assert "http://***@127.0.0.1" in str(failed.value)
+
+
+@pytest.mark.parametrize("kind", ["kubernetes", "docker"])
+def test_a_container_pool_without_an_image_is_refused_before_deploying(kind: str) -> None:
+    from prefect.client.schemas.objects import WorkPool
+
+    from flows.pool_check import pool_problem
+
+    template = json.loads((REPOSITORY / f"deploy/{kind}-gpu-job-template.json").read_text())
+    assert "image" in template["variables"]["required"]  # a run without one is refused too
+    pool = WorkPool(name="gpu", type=kind, base_job_template=template)
+    problem = pool_problem("gpu", pool)
+    assert problem and problem.startswith(f"work pool 'gpu' ({kind}) has no image")
+
+    template["variables"]["properties"]["image"]["default"] = "registry.example.com/r:abc"
+    assert pool_problem("gpu", pool.model_copy(update={"base_job_template": template})) is None
+
+
+def test_a_process_pool_needs_no_image_and_a_missing_pool_says_how_to_create_it() -> None:
+    from prefect.client.schemas.objects import WorkPool
+    from prefect.workers.process import ProcessWorker
+
+    from flows.pool_check import pool_problem
+
+    process = WorkPool(
+        name="local",
+        type="process",
+        base_job_template=ProcessWorker.get_default_base_job_template(),
+    )
+    assert pool_problem("local", process) is None
+    assert "prefect work-pool create local --type process" in str(pool_problem("local", None))
