@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
     verify.add_argument("--all", action="store_true", help="check every published version too")
+    verify.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     verify.set_defaults(handler=verify_command)
 
     gc = commands.add_parser(
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--version", dest="model_version", help="a version (default: champion)")
     predict.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
+    predict.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     predict.set_defaults(handler=predict_command)
 
     serve = commands.add_parser(
@@ -192,7 +194,10 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     from flows.retrain import run_here
 
     state = run_here(parameters)
-    outcome = state.result()
+    if arguments.json and not state.is_completed():
+        print(json.dumps({"state": state.name, "message": redact(str(state.message))}, indent=2))
+        return 1
+    outcome = state.result()  # a failed run raises its error here
     report = report_location(state, outcome.model_name)
     if arguments.json:
         night = {"state": outcome.outcome, **outcome.model_dump(mode="json"), "report": report}
@@ -288,13 +293,28 @@ def predict_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
     saved_model = download_serving_model(registry, version, settings.cache.champions_dir)
     predictions = predict_files(saved_model, arguments.images)
+    failed = 1 if any(prediction.problem for prediction in predictions) else 0
+    if arguments.json:
+        images = [
+            {"image": str(prediction.image), "problem": prediction.problem}
+            if prediction.problem
+            else {
+                "image": str(prediction.image),
+                "class": prediction.class_name,
+                "probability": prediction.probability,
+            }
+            for prediction in predictions
+        ]
+        answer = {"model_name": registry.model_name, "version": version, "images": images}
+        print(json.dumps(answer, indent=2))
+        return failed
     for prediction in predictions:
         if prediction.problem:
             print(f"{prediction.image}: {prediction.problem}")
         else:
             print(f"{prediction.image}: {prediction.class_name} ({prediction.probability:.3f})")
     print(f"(version {version} of '{registry.model_name}')")
-    return 1 if any(prediction.problem for prediction in predictions) else 0
+    return failed
 
 
 def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
@@ -337,6 +357,15 @@ def verify_command(settings: Settings, arguments: argparse.Namespace) -> int:
         problems += registry.verify_version(version)
     if champion is not None and record is not None:
         problems += registry.serving_problems(champion)
+    if arguments.json:
+        answer = {
+            "model_name": registry.model_name,
+            "champion_version": champion.version if champion else None,
+            "versions_verified": versions,
+            "problems": problems,
+        }
+        print(json.dumps(answer, indent=2))
+        return 1 if problems else 0
     for problem in problems:
         print(problem)
     if not problems:

@@ -135,6 +135,12 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
         assert re.fullmatch(rf"{re.escape(str(image))}: [012] \(\d\.\d{{3}}\)", line), line
     assert lines[2].startswith(f"{images[2]}: does not decode: Unknown image file format.")
     assert lines[3] == f"(version {publication.version} of 'demo')"
+    assert main(["predict", "--json", *map(str, images)]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["version"] == publication.version
+    classes = [line.rsplit(": ", 1)[1].split()[0] for line in lines[:2]]  # "path: 2 (0.987)"
+    assert [image.get("class") for image in answer["images"]] == [*classes, None]
+    assert answer["images"][2]["problem"].startswith("does not decode")
 
     assert main(["run", "--json"]) == 0  # what a script reads
     unchanged = json.loads(capsys.readouterr().out)
@@ -272,7 +278,7 @@ def assert_secret_appears_nowhere(
 
 @pytest.mark.slow
 def test_bad_data_fails_the_run_at_once_with_its_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     one_class = {key: data for key, data in DATA.items() if key.startswith("0/")}
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
@@ -290,6 +296,11 @@ def test_bad_data_fails_the_run_at_once_with_its_message(
     (validate_run,) = [run for run in task_runs if run.name.startswith("validate data")]
     assert validate_run.run_count == 1, "bad data was retried"
     assert not (tmp_path / "store" / "models").exists()
+
+    capsys.readouterr()
+    assert main(["run", "--json"]) == 1  # what a script reads of a failed night
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["state"] == "Failed" and "a classifier needs at least two" in failed["message"]
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,6 +132,10 @@ def test_verify_names_each_problem_and_exits_1(
     assert capsys.readouterr().out.splitlines() == [
         f"{OLD}-c/model.keras: sha256 differs from the manifest's"
     ]
+    assert main(["verify", "--json"]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["problems"] == [f"{OLD}-c/model.keras: sha256 differs from the manifest's"]
+    assert (answer["model_name"], answer["champion_version"]) == ("m", f"{OLD}-c")
     registry.store.put(registry.keys.champion, b"{")
     assert main(["verify"]) == 1
     assert "champion.json is unreadable" in capsys.readouterr().out
