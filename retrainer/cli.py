@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     notify.set_defaults(handler=notify_command)
 
+    doctor = commands.add_parser(
+        "doctor",
+        help="what this node gives a run: TensorFlow's build, GPUs and their kernels, CUDA cache, "
+        "stores, cache volume; exit 1 when a required piece is missing",
+    )
+    doctor.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="also measure the configured model's training images/s in float32 and mixed precision",
+    )
+    doctor.set_defaults(handler=doctor_command)
+
     demo = commands.add_parser(
         "demo",
         help="three nights on the demo digits: first model, more data (warm start, gate), "
@@ -419,6 +431,23 @@ def notify_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
     for name in create_notification_automations(arguments.block):
         print(f"Automation ready: {name}")
+    return 0
+
+
+def doctor_command(settings: Settings, arguments: argparse.Namespace) -> int:
+    from retrainer.doctor import benchmark_findings, examine_node, gpus_seen
+
+    start_tensorflow(settings.tensorflow_logs)
+    findings = examine_node(settings)
+    if arguments.benchmark:
+        findings += benchmark_findings(settings, gpus_seen())
+    for finding in findings:
+        print(f"{'MISSING ' if finding.missing else ''}{finding.topic}: {redact(finding.said)}")
+    missing = [finding.topic for finding in findings if finding.missing]
+    if missing:
+        print(f"Not ready for the nightly job: {', '.join(missing)}")
+        return 1
+    print("Ready for the nightly job")
     return 0
 
 

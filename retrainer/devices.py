@@ -6,6 +6,8 @@ machine without GPUs; TensorFlow is started only to list the devices.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,75 @@ if TYPE_CHECKING:
 # depthwise convolutions), so `auto` keeps float32 for it; `on` asks for mixed precision anyway.
 BFLOAT16_MIN_CAPABILITY = (8, 0)
 FLOAT16_MIN_CAPABILITY = (7, 0)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuSeen:
+    """One GPU as TensorFlow describes it."""
+
+    name: str
+    capability: tuple[int, int] | None
+
+
+# An entry of TensorFlow's `cuda_compute_capabilities`: `sm_80` is machine code, `compute_90` PTX.
+BUILT_ARCH = re.compile(r"(?P<kind>sm|compute)_(?P<major>\d+)(?P<minor>\d)[a-z]?")
+
+
+def kernels_for(capability: tuple[int, int], built_for: list[str]) -> str | None:
+    """ "machine code", "PTX" or None: what TensorFlow's build has for a GPU of this capability.
+
+    Machine code for X.Y runs on X.Z with Z >= Y; PTX is compiled by the driver at start-up.
+    PTX is counted only within its major version: XLA, which Keras uses for `fit`, compiles with
+    the ptxas of the CUDA release TensorFlow was built with (12.5 for 2.21), and architectures
+    newer than that release (Blackwell, 10.x and 12.x, came with CUDA 12.8) are unknown to it.
+    """
+    major, minor = capability
+    kinds = {
+        match["kind"]
+        for arch in built_for
+        if (match := BUILT_ARCH.fullmatch(arch))
+        and int(match["major"]) == major
+        and int(match["minor"]) <= minor
+    }
+    return "machine code" if "sm" in kinds else "PTX" if "compute" in kinds else None
+
+
+def describe_build(built_for: list[str]) -> str:
+    """`machine code for 6.0, 7.0, 8.0, 8.9 and PTX for 9.0`."""
+
+    def listed(prefix: str) -> str:
+        versions = [arch.removeprefix(prefix) for arch in built_for if arch.startswith(prefix)]
+        return ", ".join(f"{version[:-1]}.{version[-1]}" for version in versions) or "none"
+
+    return f"machine code for {listed('sm_')} and PTX for {listed('compute_')}"
+
+
+def check_kernels(gpus: list[GpuSeen], built_for: list[str], tensorflow: str) -> None:
+    """Refuse a GPU the installed TensorFlow has no kernels for (the run would fail after the
+    data was fetched); say when the driver will compile kernels from PTX, and why."""
+    for index, gpu in enumerate(gpus):
+        if gpu.capability is None:
+            continue
+        seen = (
+            f"GPU {index} ({gpu.name}, compute capability {gpu.capability[0]}.{gpu.capability[1]})"
+        )
+        kernels = kernels_for(gpu.capability, built_for)
+        if kernels is None:
+            raise SettingsError(
+                f"{seen}: TensorFlow {tensorflow} has no kernels for it "
+                f"({describe_build(built_for)}); use a TensorFlow build made for this GPU, or a "
+                "supported GPU (README: Supported GPUs)"
+            )
+        if kernels == "PTX":
+            logger.warning(
+                "%s: TensorFlow %s has no machine code for it, so the driver compiles its kernels "
+                "from PTX at start-up; this can take many minutes the first time, and the compiled "
+                "kernels are kept in the CUDA cache (CUDA_CACHE_PATH) for the next start",
+                seen,
+                tensorflow,
+            )
 
 
 @dataclass(frozen=True)
@@ -87,14 +158,17 @@ def detect_devices(
             f"RETRAINER_DEVICE=gpu, but TensorFlow found no usable GPU (TensorFlow said: {said}); "
             "check the node's driver and the image's CUDA libraries, or set RETRAINER_DEVICE=auto"
         )
-    capabilities = []
+    seen = []
     for gpu in gpus:
         # Without memory growth TensorFlow reserves the whole card at start-up.
         tf.config.experimental.set_memory_growth(gpu, True)
-        capabilities.append(
-            tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        details = tf.config.experimental.get_device_details(gpu)
+        seen.append(
+            GpuSeen(details.get("device_name", gpu.name), details.get("compute_capability"))
         )
-    plan = plan_devices(capabilities, mixed_precision, fine_tuning)
+    built_for = list(tf.sysconfig.get_build_info().get("cuda_compute_capabilities", []))
+    check_kernels(seen, built_for, tf.__version__)
+    plan = plan_devices([gpu.capability for gpu in seen], mixed_precision, fine_tuning)
     if plan.kind == "cpu" and start_up.gpu_messages:
         said = "; ".join(start_up.gpu_messages)
         plan = replace(plan, description=f"{plan.description}. TensorFlow said: {said}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -479,3 +480,105 @@ def test_the_kept_epoch_is_the_best_validation_loss_of_the_last_phase_since_the_
     assert kept_epoch(history, config.model_copy(update={"early_stopping_patience": 0}), 0) == 6
     assert not still_improving(history)
     assert still_improving({"loss": [1.0, 1.0], "val_loss": [0.9, 0.8]})
+
+
+# TensorFlow 2.21's own build: what its wheels carry for each GPU generation.
+TF_2_21_BUILT_FOR = ["sm_60", "sm_70", "sm_80", "sm_89", "compute_90"]
+
+
+@pytest.mark.parametrize(
+    ("capability", "kernels"),
+    [
+        ((6, 1), "machine code"),  # Pascal: sm_60 runs on 6.1
+        ((7, 5), "machine code"),  # Turing (T4): sm_70
+        ((8, 6), "machine code"),  # Ampere (A10): sm_80
+        ((8, 9), "machine code"),  # Ada (L4)
+        ((9, 0), "PTX"),  # Hopper (H100, H200): compiled by the driver at start-up
+        ((10, 0), None),  # Blackwell (B200)
+        ((12, 0), None),  # Blackwell (RTX 50)
+        ((5, 2), None),  # Maxwell
+    ],
+)
+def test_the_kernels_a_gpu_gets_follow_tensorflows_build(
+    capability: tuple[int, int], kernels: str | None
+) -> None:
+    from retrainer.devices import kernels_for
+
+    assert kernels_for(capability, TF_2_21_BUILT_FOR) == kernels
+
+
+def fake_gpus(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> None:
+    """TensorFlow's device list and build info, faked at the boundary: one GPU of this kind."""
+    import tensorflow as tf
+
+    gpu = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu])
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda device, grow: None)
+    monkeypatch.setattr(
+        tf.config.experimental,
+        "get_device_details",
+        lambda device: {"device_name": name, "compute_capability": capability},
+    )
+    build = {
+        "is_cuda_build": True,
+        "cuda_compute_capabilities": TF_2_21_BUILT_FOR,
+        "cuda_version": "12.5.1",
+        "cudnn_version": "9",
+    }
+    monkeypatch.setattr(tf.sysconfig, "get_build_info", lambda: build)
+
+
+def test_a_gpu_without_kernels_in_tensorflow_stops_the_run_before_any_download(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from retrainer.cli import main
+
+    fake_gpus(monkeypatch, "NVIDIA B200", (10, 0))
+    monkeypatch.setenv("RETRAINER_DEVICE", "gpu")
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(write_files(tmp_path / "d", {"a/1.png": b"x"})))
+    assert main(["run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "error: GPU 0 (NVIDIA B200, compute capability 10.0): TensorFlow 2.21.0 has no kernels "
+        "for it (machine code for 6.0, 7.0, 8.0, 8.9 and PTX for 9.0)"
+    )
+    assert not (tmp_path / ".retrainer" / "cache").exists(), "data was fetched"
+
+
+def test_a_hopper_gpu_trains_and_the_log_says_its_kernels_compile_from_ptx(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retrainer.devices import detect_devices
+
+    fake_gpus(monkeypatch, "NVIDIA H200", (9, 0))
+    with caplog.at_level("WARNING", logger="retrainer.devices"):
+        plan = detect_devices("auto", "gpu")
+    assert (plan.kind, plan.precision) == ("gpu", "mixed_bfloat16")
+    assert "GPU 0 (NVIDIA H200, compute capability 9.0): TensorFlow 2.21.0 has no machine code" in (
+        caplog.text
+    )
+    assert "compiles its kernels from PTX at start-up" in caplog.text
+
+
+def test_doctor_names_each_gpu_with_its_kernels_and_fails_on_one_without(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from retrainer.cli import main
+
+    data = write_files(tmp_path / "d", digit_images(classes=2, per_class=2))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(data))
+    monkeypatch.setenv("RETRAINER_IMAGE_SIZE", "16")
+    monkeypatch.setenv("RETRAINER_BATCH_SIZE", "8")
+    fake_gpus(monkeypatch, "NVIDIA H200", (9, 0))
+    assert main(["doctor", "--benchmark"]) == 0
+    out = capsys.readouterr().out
+    assert "TensorFlow: 2.21.0, CUDA 12.5.1" in out
+    assert "GPU 0: NVIDIA H200, compute capability 9.0: kernels compiled from PTX" in out
+    assert re.search(r"Training images/s: float32 [\d,]+, mixed_bfloat16 [\d,]+ \(", out)
+    assert out.rstrip().endswith("Ready for the nightly job")
+
+    fake_gpus(monkeypatch, "NVIDIA B200", (10, 0))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING GPU 0: NVIDIA B200, compute capability 10.0: NO kernels" in out
+    assert out.rstrip().endswith("Not ready for the nightly job: GPU 0")

@@ -1,0 +1,192 @@
+"""`retrainer doctor`: what this node gives a run, on one screen, and what is missing.
+
+The first step on a new GPU pool: TensorFlow's build, the GPUs it sees and the kernels it has for
+them, the CUDA cache, the stores and the cache volume; with `--benchmark` the configured model's
+training speed in float32 and in mixed precision, measured here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrainer.devices import GpuSeen, describe_build, kernels_for
+from retrainer.errors import BadInput
+from retrainer.preflight import check_stores
+from retrainer.settings import Settings
+from retrainer.tensorflow_runtime import start_tensorflow
+
+# Below this, a night's shards, checkpoints and CUDA cache may not fit on the cache volume.
+MIN_FREE_CACHE_BYTES = 5 * 1024**3
+
+
+@dataclass(frozen=True)
+class Finding:
+    topic: str
+    said: str
+    missing: bool = False  # a required piece is missing: the node cannot run the nightly job
+
+
+def tensorflow_build() -> tuple[list[str], Finding]:
+    """The compute capabilities TensorFlow was built for, and what to say of its build."""
+    start_tensorflow()
+    import tensorflow as tf
+
+    build = tf.sysconfig.get_build_info()
+    built_for = list(build.get("cuda_compute_capabilities", []))
+    if not build.get("is_cuda_build"):
+        return [], Finding("TensorFlow", f"{tf.__version__}, built without CUDA")
+    said = (
+        f"{tf.__version__}, CUDA {build.get('cuda_version')}, cuDNN {build.get('cudnn_version')}; "
+        f"{describe_build(built_for)}"
+    )
+    return built_for, Finding("TensorFlow", said)
+
+
+def gpus_seen() -> list[GpuSeen]:
+    import tensorflow as tf
+
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        gpus.append(
+            GpuSeen(details.get("device_name", gpu.name), details.get("compute_capability"))
+        )
+    return gpus
+
+
+def driver_report() -> list[str]:
+    """`name, memory, driver` per GPU from nvidia-smi, which the NVIDIA toolkit mounts with the
+    `utility` capability; empty where it is not there."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    answer = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return answer.stdout.strip().splitlines() if answer.returncode == 0 else []
+
+
+def gpu_findings(gpus: list[GpuSeen], built_for: list[str], settings: Settings) -> list[Finding]:
+    if not gpus:
+        reason = "; ".join(start_tensorflow().gpu_messages) or "none visible to TensorFlow"
+        return [Finding("GPUs", f"none ({reason})", missing=settings.device == "gpu")]
+    findings = []
+    drivers = driver_report()
+    for index, gpu in enumerate(gpus):
+        driver = drivers[index] if index < len(drivers) else "driver: no nvidia-smi here"
+        if gpu.capability is None:
+            findings.append(Finding(f"GPU {index}", f"{gpu.name}, capability unknown; {driver}"))
+            continue
+        kernels = kernels_for(gpu.capability, built_for)
+        capability = f"{gpu.capability[0]}.{gpu.capability[1]}"
+        how = {
+            "machine code": "machine code in TensorFlow's build",
+            "PTX": "kernels compiled from PTX by the driver at start-up (minutes, then cached)",
+            None: "NO kernels in TensorFlow's build: runs would fail",
+        }[kernels]
+        findings.append(
+            Finding(
+                f"GPU {index}",
+                f"{gpu.name}, compute capability {capability}: {how}; {driver}",
+                missing=kernels is None,
+            )
+        )
+    return findings
+
+
+def folder_size(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def cuda_cache_finding() -> Finding:
+    where = os.environ.get("CUDA_CACHE_PATH")
+    path = Path(where) if where else Path.home() / ".nv" / "ComputeCache"
+    size = folder_size(path) / 1e6 if path.is_dir() else 0.0
+    limit = os.environ.get("CUDA_CACHE_MAXSIZE", "the driver's default, 256 MB")
+    origin = "CUDA_CACHE_PATH" if where else "default, CUDA_CACHE_PATH unset"
+    return Finding("CUDA cache", f"{path} ({origin}): {size:.1f} MB, at most {limit}")
+
+
+def store_finding(settings: Settings) -> Finding:
+    try:
+        check_stores(settings)
+    except BadInput as error:
+        return Finding("Stores", str(error), missing=True)
+    return Finding(
+        "Stores",
+        f"{settings.store_url} and {settings.resolved_data_url} reachable; the model store "
+        "honours conditional writes",
+    )
+
+
+def cache_volume_finding(settings: Settings) -> Finding:
+    folder = settings.cache_dir.resolve()
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    free = shutil.disk_usage(existing).free
+    return Finding(
+        "Cache volume",
+        f"{folder}: {free / 1024**3:.1f} GiB free",
+        missing=free < MIN_FREE_CACHE_BYTES,
+    )
+
+
+def examine_node(settings: Settings) -> list[Finding]:
+    """Every finding, in the order a person checks a node."""
+    built_for, build = tensorflow_build()
+    findings = [build, *gpu_findings(gpus_seen(), built_for, settings)]
+    findings.append(cuda_cache_finding())
+    findings.append(store_finding(settings))
+    findings.append(cache_volume_finding(settings))
+    findings.append(Finding("CPU cores", f"{os.cpu_count()} (they decode and feed the images)"))
+    return findings
+
+
+def training_speed(settings: Settings, precision: str, steps: int = 30) -> float:
+    """Images per second of `fit` for the configured model on random images of the configured
+    size, in this precision, after one warm-up call (tracing and compiling are not counted)."""
+    import keras
+    import numpy as np
+
+    from retrainer.data.image import input_shape
+    from retrainer.models import build_from_factory, compile_model
+    from retrainer.records import PreparationSpec
+
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        shape = input_shape(PreparationSpec.of(settings))
+        model = build_from_factory(settings.model_factory, shape, num_classes=10)
+        compile_model(model, settings.learning_rate, settings.training_config())
+        batch = settings.batch_size
+        images = np.random.default_rng(0).random((batch * steps, *shape), dtype=np.float32)
+        labels = np.arange(batch * steps) % 10
+        model.fit(images[:batch], labels[:batch], batch_size=batch, epochs=1, verbose=0)
+        started = time.perf_counter()
+        model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
+        return batch * steps / (time.perf_counter() - started)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def benchmark_findings(settings: Settings, gpus: list[GpuSeen]) -> list[Finding]:
+    """float32 against the mixed precision this node's GPUs would use, measured, and which won."""
+    capabilities = [gpu.capability or (0, 0) for gpu in gpus]
+    mixed = "mixed_float16" if capabilities and min(capabilities) < (8, 0) else "mixed_bfloat16"
+    speeds = {precision: training_speed(settings, precision) for precision in ("float32", mixed)}
+    faster = max(speeds, key=lambda precision: speeds[precision])
+    said = ", ".join(f"{precision} {speed:,.0f}" for precision, speed in speeds.items())
+    advice = "off" if faster == "float32" else "on"
+    return [
+        Finding(
+            "Training images/s",
+            f"{said} (the configured model, batch {settings.batch_size}, "
+            f"{settings.image_size} px): {faster} is faster here; "
+            f"RETRAINER_MIXED_PRECISION={advice} makes it the choice",
+        )
+    ]
