@@ -68,9 +68,11 @@ def describe_build(built_for: list[str]) -> str:
     return f"machine code for {listed('sm_')} and PTX for {listed('compute_')}"
 
 
-def check_kernels(gpus: list[GpuSeen], built_for: list[str], tensorflow: str) -> None:
+def check_kernels(gpus: list[GpuSeen], built_for: list[str], tensorflow: str) -> str | None:
     """Refuse a GPU the installed TensorFlow has no kernels for (the run would fail after the
-    data was fetched); say when the driver will compile kernels from PTX, and why."""
+    data was fetched); say when the driver will compile kernels from PTX, and why. Returns the
+    kind of GPU ("NVIDIA H200 9.0") that compiles from PTX, if any."""
+    compiles = None
     for index, gpu in enumerate(gpus):
         if gpu.capability is None:
             continue
@@ -92,6 +94,8 @@ def check_kernels(gpus: list[GpuSeen], built_for: list[str], tensorflow: str) ->
                 seen,
                 tensorflow,
             )
+            compiles = f"{gpu.name} {gpu.capability[0]}.{gpu.capability[1]}"
+    return compiles
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class DevicePlan:
     devices: tuple[str, ...]
     precision: str  # "float32", "mixed_float16" or "mixed_bfloat16"
     description: str
+    # "NVIDIA H200 9.0": the kind of GPU whose kernels the driver compiles from PTX, if any
+    compiles_from_ptx: str | None = None
 
 
 def plan_devices(
@@ -167,8 +173,9 @@ def detect_devices(
             GpuSeen(details.get("device_name", gpu.name), details.get("compute_capability"))
         )
     built_for = list(tf.sysconfig.get_build_info().get("cuda_compute_capabilities", []))
-    check_kernels(seen, built_for, tf.__version__)
+    compiles_from_ptx = check_kernels(seen, built_for, tf.__version__)
     plan = plan_devices([gpu.capability for gpu in seen], mixed_precision, fine_tuning)
+    plan = replace(plan, compiles_from_ptx=compiles_from_ptx)
     if plan.kind == "cpu" and start_up.gpu_messages:
         said = "; ".join(start_up.gpu_messages)
         plan = replace(plan, description=f"{plan.description}. TensorFlow said: {said}")

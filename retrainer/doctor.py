@@ -12,8 +12,8 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from retrainer.compute_cache import cuda_cache_folder, driver_version, folder_bytes
 from retrainer.devices import GpuSeen, describe_build, kernels_for
 from retrainer.errors import BadInput
 from retrainer.preflight import check_stores
@@ -101,17 +101,15 @@ def gpu_findings(gpus: list[GpuSeen], built_for: list[str], settings: Settings) 
     return findings
 
 
-def folder_size(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-
-
 def cuda_cache_finding() -> Finding:
-    where = os.environ.get("CUDA_CACHE_PATH")
-    path = Path(where) if where else Path.home() / ".nv" / "ComputeCache"
-    size = folder_size(path) / 1e6 if path.is_dir() else 0.0
+    folder = cuda_cache_folder()
+    size = folder_bytes(folder) / 1e6 if folder.is_dir() else 0.0
     limit = os.environ.get("CUDA_CACHE_MAXSIZE", "the driver's default, 256 MB")
-    origin = "CUDA_CACHE_PATH" if where else "default, CUDA_CACHE_PATH unset"
-    return Finding("CUDA cache", f"{path} ({origin}): {size:.1f} MB, at most {limit}")
+    origin = "CUDA_CACHE_PATH" if "CUDA_CACHE_PATH" in os.environ else "CUDA_CACHE_PATH unset"
+    return Finding(
+        "CUDA cache",
+        f"{folder} ({origin}): {size:.1f} MB, at most {limit}; driver {driver_version()}",
+    )
 
 
 def store_finding(settings: Settings) -> Finding:

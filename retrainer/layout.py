@@ -35,6 +35,7 @@ model apart, so nothing a live run uses is deleted by another.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,7 @@ READERS = "readers/"
 
 CONDITIONAL_WRITES_PROOF = "_retrainer/conditional-writes-proven.json"
 CONDITIONAL_WRITES_PROBES = "_retrainer/probes/"
+CUDA_CACHES = "_retrainer/cuda-cache/"
 DEMO_DATA = "datasets/digits"
 
 
@@ -184,6 +186,13 @@ def reader_key(run_id: str) -> str:
     return f"{READERS}{run_id}"
 
 
+def cuda_cache_key(gpu: str, driver: str, tensorflow: str) -> str:
+    """The CUDA compute cache of one kind of GPU (name and capability), driver and TensorFlow
+    version: kernels compiled for one of them are not valid for another."""
+    name = f"{gpu}-driver-{driver}-tensorflow-{tensorflow}".lower()
+    return f"{CUDA_CACHES}{re.sub(r'[^a-z0-9.<>]+', '-', name)}.tar.gz"  # <> for store_map
+
+
 def store_map() -> list[str]:
     """Every kind of key in the store, with <placeholders>: the README's table lists these."""
     model = ModelKeys("<name>")
@@ -196,6 +205,7 @@ def store_map() -> list[str]:
         f"{model.serving}/<n>/",
         model.lease,
         CONDITIONAL_WRITES_PROOF,
+        cuda_cache_key("<gpu>", "<driver>", "<tensorflow>"),
         f"{model.checkpoints}<work key>/",
         dataset + PREPARED_INDEX,
         dataset + shard_key("<sha256>"),

@@ -19,6 +19,7 @@ def train(
     # and its start-up noise is kept out of the log.
     start_tensorflow(settings.tensorflow_logs)
     from retrainer.champion import find_warm_start
+    from retrainer.compute_cache import kept_cuda_cache
     from retrainer.devices import detect_devices
     from retrainer.models import fetch_backbone_weights
     from retrainer.training import train_model
@@ -36,17 +37,19 @@ def train(
         if settings.backbone != "none" and settings.backbone_weights
         else None
     )
-    return train_model(
-        split,
-        work.config,
-        run_folder(settings).root,
-        checkpoint_mirror(registry.store, settings.cache_dir, settings.model_name, work.key),
-        warm_start=warm_start,
-        backbone_weights=backbone_weights,
-        on_epoch=progress_reporter(f"Training '{settings.model_name}'"),
-        plan=detect_devices(
-            settings.mixed_precision,
-            settings.device,
-            fine_tuning=settings.total_epochs > settings.epochs,
-        ),
+    plan = detect_devices(
+        settings.mixed_precision,
+        settings.device,
+        fine_tuning=settings.total_epochs > settings.epochs,
     )
+    with kept_cuda_cache(registry.store, plan.compiles_from_ptx):
+        return train_model(
+            split,
+            work.config,
+            run_folder(settings).root,
+            checkpoint_mirror(registry.store, settings.cache_dir, settings.model_name, work.key),
+            warm_start=warm_start,
+            backbone_weights=backbone_weights,
+            on_epoch=progress_reporter(f"Training '{settings.model_name}'"),
+            plan=plan,
+        )

@@ -582,3 +582,51 @@ def test_doctor_names_each_gpu_with_its_kernels_and_fails_on_one_without(
     out = capsys.readouterr().out
     assert "MISSING GPU 0: NVIDIA B200, compute capability 10.0: NO kernels" in out
     assert out.rstrip().endswith("Not ready for the nightly job: GPU 0")
+
+
+def test_kernels_compiled_on_the_first_night_are_restored_on_a_fresh_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from importlib.metadata import version
+
+    from retrainer.compute_cache import kept_cuda_cache
+
+    store = LocalStore(tmp_path / "store")
+    first_node = tmp_path / "node-1" / "cuda"
+    monkeypatch.setenv("CUDA_CACHE_PATH", str(first_node))
+    with (
+        caplog.at_level("INFO", logger="retrainer.compute_cache"),
+        kept_cuda_cache(store, "NVIDIA H200 9.0"),
+    ):
+        (first_node / "ComputeCache" / "a").mkdir(parents=True)  # what the driver compiles
+        (first_node / "ComputeCache" / "a" / "kernels").write_bytes(b"sm_90 code" * 1000)
+    assert "the driver compiles the kernels now, this once" in caplog.text
+    (kept,) = [info.key for info in store.list("_retrainer/cuda-cache/")]
+    assert kept.startswith("_retrainer/cuda-cache/nvidia-h200-9.0-driver-")
+    assert kept.endswith(f"-tensorflow-{version('tensorflow')}.tar.gz")
+
+    caplog.clear()
+    fresh_node = tmp_path / "node-2" / "cuda"
+    monkeypatch.setenv("CUDA_CACHE_PATH", str(fresh_node))
+    with (
+        caplog.at_level("INFO", logger="retrainer.compute_cache"),
+        kept_cuda_cache(store, "NVIDIA H200 9.0"),
+    ):
+        restored = (fresh_node / "ComputeCache" / "a" / "kernels").read_bytes()
+    assert restored == b"sm_90 code" * 1000
+    assert "Restored the CUDA compute cache for NVIDIA H200 9.0" in caplog.text
+    assert "Kept the CUDA compute cache" not in caplog.text  # nothing new was compiled
+
+    # A GPU with machine code in TensorFlow's build compiles nothing: the store is not touched.
+    with kept_cuda_cache(store, None):
+        pass
+    assert len(list(store.list("_retrainer/cuda-cache/"))) == 1
+
+
+def test_the_driver_version_is_read_from_the_kernel_module(tmp_path: Path) -> None:
+    from retrainer.compute_cache import driver_version
+
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  560.35.03  Fri Aug 16 2024\n")
+    assert driver_version(proc) == "560.35.03"
+    assert driver_version(tmp_path / "missing") == "unknown"
