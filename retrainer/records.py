@@ -275,6 +275,9 @@ class TrainedModel(BaseModel):
     images_per_second: float | None = Field(
         None, description="training images per second of `fit` (validation included) this run"
     )
+    input_images_per_second: float | None = Field(
+        None, description="what the shards stream at without a model; None: held in memory"
+    )
 
 
 class ModelScores(BaseModel):

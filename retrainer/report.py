@@ -116,6 +116,17 @@ def training_lines(trained: TrainedModel, stage_seconds: dict[str, float]) -> li
         if trained.images_per_second
         else "-"
     )
+    if trained.input_images_per_second is None:
+        feed = "the training images were held in memory: fit did not wait for them"
+    else:
+        feed = (
+            f"the shards streamed at {trained.input_images_per_second:,.0f} images/s on this "
+            "node without a model"
+        )
+        if trained.images_per_second and (
+            trained.input_images_per_second < 1.2 * trained.images_per_second
+        ):
+            feed += ": training waited for its input (more CPU cores would speed it up)"
     resumed = (
         f" (resumed after epoch {trained.resumed_from_epoch})" if trained.resumed_from_epoch else ""
     )
@@ -127,6 +138,7 @@ def training_lines(trained: TrainedModel, stage_seconds: dict[str, float]) -> li
         "kept",
         "How it ended": ending,
         "Speed": speed,
+        "Input": feed,
         "Seconds per stage": stages or "-",
     }
     return [f"- **{name}:** {value}" for name, value in facts.items()]

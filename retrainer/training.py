@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import tensorflow as tf
 
 from retrainer.champion import WarmStart
 from retrainer.checkpoints import CheckpointMirror
-from retrainer.data.inputs import input_fn
+from retrainer.data.inputs import fits_in_memory, input_fn, streaming_rate
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
 from retrainer.layout import HISTORY_FILE, RunFolder
@@ -148,6 +149,7 @@ def train_model(
     )
     weights = class_weights(split, config)
     say_how_training_goes(config, split, batches.batch_size, weights, started_from)
+    input_rate = input_speed(batches)
     run = RunFolder(output_dir)
     phase = FitPhase(
         model=model,
@@ -191,8 +193,33 @@ def train_model(
     epochs_fitted = len(history.get("loss", [])) - resumed_from
     speed = split.train_count * epochs_fitted / fit_seconds if fit_seconds else None
     return outcome(
-        model, history, run, config, plan.description, started_from, resumed_from, started_at, speed
+        model,
+        history,
+        run,
+        config,
+        plan.description,
+        started_from,
+        resumed_from,
+        started_at,
+        speed,
+        input_rate,
     )
+
+
+def input_speed(split: DataSplit) -> float | None:
+    """What the shards stream at on this node when the training images are too many to hold in
+    memory (None when they are held): beside fit's own speed, it shows when training waits."""
+    if fits_in_memory(split, split.train_count):
+        logger.info("Input: the %d training images are held in memory", split.train_count)
+        return None
+    rate = streaming_rate(split, "train")
+    logger.info(
+        "Input: the training images stream from the shards at %.0f images/s on this node's %d "
+        "CPU cores (read, parsed and batched, without the model)",
+        rate,
+        os.cpu_count() or 0,
+    )
+    return rate
 
 
 def resume(mirror: CheckpointMirror, config: TrainingConfig) -> tuple[int, dict[str, list[float]]]:
@@ -320,6 +347,7 @@ def outcome(
     resumed_from: int,
     started_at: datetime,
     images_per_second: float | None,
+    input_images_per_second: float | None,
 ) -> TrainedModel:
     """Save the model and its full history in the run folder, and say how training ended."""
     epochs_run = len(history.get("loss", []))
@@ -352,4 +380,5 @@ def outcome(
         kept_epoch=kept_epoch(history, config, resumed_from),
         still_improving=still_improving(history),
         images_per_second=images_per_second,
+        input_images_per_second=input_images_per_second,
     )

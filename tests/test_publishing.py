@@ -134,6 +134,18 @@ def test_the_run_report_opens_with_the_outcome_once_then_training_comparison_dat
     assert f"![curves.png](data:image/png;base64,{encoded})" in report
 
 
+def test_the_report_says_when_training_waited_for_its_input() -> None:
+    held = records.trained_model(images_per_second=850.0, input_images_per_second=None)
+    (line,) = [line for line in training_lines(held, {}) if "**Input:**" in line]
+    assert "held in memory: fit did not wait for them" in line
+    waiting = held.model_copy(update={"input_images_per_second": 900.0})
+    (line,) = [line for line in training_lines(waiting, {}) if "**Input:**" in line]
+    assert "streamed at 900 images/s" in line and "training waited for its input" in line
+    fed = held.model_copy(update={"input_images_per_second": 8000.0})
+    (line,) = [line for line in training_lines(fed, {}) if "**Input:**" in line]
+    assert "waited" not in line
+
+
 def test_a_model_still_improving_at_its_last_epoch_is_reported_as_such() -> None:
     trained = records.trained_model(epochs_run=30, kept_epoch=30, still_improving=True)
     (row,) = [line for line in training_lines(trained, {}) if "How it ended" in line]

@@ -12,6 +12,7 @@ change), so a subset's reading always passes over the others' records.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,10 +55,25 @@ def input_fn(
     examples = split_file.subset(subset)
     shape = input_shape(split.preprocessing)
     budget = split.memory_budget if memory_budget is None else memory_budget
-    if len(examples) * math.prod(shape) <= budget:
+    if fits_in_memory(split, len(examples), budget):
         images, labels = subset_in_memory(split_file, examples, shape)
         return from_memory(images, labels, split.batch_size, shuffle, seed)
     return streamed(split_file, examples, shape, split.batch_size, shuffle, seed)
+
+
+def fits_in_memory(split: DataSplit, images: int, budget: int | None = None) -> bool:
+    """Whether `input_fn` holds this many of the split's images in memory."""
+    budget = split.memory_budget if budget is None else budget
+    return images * math.prod(input_shape(split.preprocessing)) <= budget
+
+
+def streaming_rate(split: DataSplit, subset: Subset, batches: int = 50) -> float:
+    """Images per second the shards stream at on this node, through `input_fn` without a model:
+    what `fit` gets when a subset is too large to hold in memory."""
+    dataset = input_fn(split, subset, shuffle=False, memory_budget=0)
+    started = time.perf_counter()
+    images = sum(int(labels.shape[0]) for _, labels in dataset.take(batches))
+    return images / (time.perf_counter() - started)
 
 
 def subset_in_memory(
