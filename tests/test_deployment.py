@@ -342,3 +342,16 @@ def test_a_process_pool_needs_no_image_and_a_missing_pool_says_how_to_create_it(
     )
     assert pool_problem("local", process) is None
     assert "prefect work-pool create local --type process" in str(pool_problem("local", None))
+
+
+def test_the_flow_takes_exactly_the_run_parameters_with_their_form_fields() -> None:
+    from flows.retrain import retrain
+    from retrainer.settings import RetrainParameters
+
+    form = retrain.parameters.model_dump()["properties"]
+    parameters = RetrainParameters.model_json_schema()["properties"]
+    assert list(form) == list(parameters)  # the same names, in the same order
+    for name, field in form.items():
+        shown = {key: value for key, value in field.items() if key not in ("title", "position")}
+        assert shown == {key: value for key, value in parameters[name].items() if key != "title"}
+        assert "anyOf" not in shown, f"{name} would show as a None-or-value switch"
