@@ -10,14 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from retrainer.compute_cache import cuda_cache_folder, driver_version, folder_bytes
 from retrainer.devices import GpuSeen, describe_build, kernels_for
 from retrainer.errors import BadInput
+from retrainer.layout import DEMO_DATA
 from retrainer.preflight import check_stores
 from retrainer.settings import Settings
+from retrainer.storage import LocalStore
 from retrainer.tensorflow_runtime import start_tensorflow
 
 # Below this, a night's shards, checkpoints and CUDA cache may not fit on the cache volume.
@@ -172,8 +176,31 @@ def training_speed(settings: Settings, precision: str, steps: int = 30) -> float
         keras.mixed_precision.set_global_policy("float32")
 
 
+def input_finding(settings: Settings) -> Finding:
+    """The input pipeline on this node's cores: the demo digits, prepared at the configured image
+    size in a scratch folder, handed to `fit` streamed from the shards and held in memory."""
+    from retrainer.data.inputs import input_rate
+    from retrainer.data.local import split_here
+    from retrainer.demo import seed_demo_data
+
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Path(scratch) / "store"
+        seed_demo_data(LocalStore(store), DEMO_DATA)
+        split = split_here(
+            str(store / DEMO_DATA), str(store), Path(scratch) / "work", settings.training_config()
+        )
+        streamed = input_rate(split, "train", held=False)
+        held = input_rate(split, "train", held=True)
+    return Finding(
+        "Input images/s",
+        f"{streamed:,.0f} streamed from the shards, {held:,.0f} held in memory, on "
+        f"{os.cpu_count()} cores ({settings.image_size} px, batch {settings.batch_size}, no model)",
+    )
+
+
 def benchmark_findings(settings: Settings, gpus: list[GpuSeen]) -> list[Finding]:
-    """float32 against the mixed precision this node's GPUs would use, measured, and which won."""
+    """float32 against the mixed precision this node's GPUs would use, measured, and which won;
+    and what the input pipeline hands `fit` here."""
     capabilities = [gpu.capability or (0, 0) for gpu in gpus]
     mixed = "mixed_float16" if capabilities and min(capabilities) < (8, 0) else "mixed_bfloat16"
     speeds = {precision: training_speed(settings, precision) for precision in ("float32", mixed)}
@@ -186,5 +213,6 @@ def benchmark_findings(settings: Settings, gpus: list[GpuSeen]) -> list[Finding]
             f"{said} (the configured model, batch {settings.batch_size}, "
             f"{settings.image_size} px): {faster} is faster here; "
             f"RETRAINER_MIXED_PRECISION={advice} makes it the choice",
-        )
+        ),
+        input_finding(settings),
     ]

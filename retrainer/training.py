@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from retrainer.champion import WarmStart
 from retrainer.checkpoints import CheckpointMirror
-from retrainer.data.inputs import fits_in_memory, input_fn, streaming_rate
+from retrainer.data.inputs import fits_in_memory, input_fn, input_rate
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
 from retrainer.layout import HISTORY_FILE, RunFolder
@@ -212,7 +212,7 @@ def input_speed(split: DataSplit) -> float | None:
     if fits_in_memory(split, split.train_count):
         logger.info("Input: the %d training images are held in memory", split.train_count)
         return None
-    rate = streaming_rate(split, "train")
+    rate = input_rate(split, "train", held=False)
     logger.info(
         "Input: the training images stream from the shards at %.0f images/s on this node's %d "
         "CPU cores (read, parsed and batched, without the model)",

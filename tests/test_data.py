@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrainer.data.inputs import fits_in_memory, input_fn, streaming_rate
+from retrainer.data.inputs import fits_in_memory, input_fn, input_rate
 from retrainer.data.listing import list_data
 from retrainer.data.local import prepare_here
 from retrainer.data.preparation import CHUNK_OBJECTS, mark_reader, unmark_reader
@@ -457,7 +457,8 @@ def test_every_image_comes_once_an_epoch_from_memory_or_streamed_in_a_new_order(
     assert fits_in_memory(data_split, data_split.train_count)
     small = data_split.model_copy(update={"memory_budget": 0})
     assert not fits_in_memory(small, data_split.train_count)
-    assert streaming_rate(data_split, "train", batches=2) > 0
+    assert input_rate(data_split, "train", held=False, batches=2) > 0
+    assert input_rate(data_split, "train", held=True, batches=2) > 0
 
 
 def test_a_shard_that_lost_records_fails_the_input_loudly(tmp_path: Path) -> None:

@@ -575,6 +575,7 @@ def test_doctor_names_each_gpu_with_its_kernels_and_fails_on_one_without(
     assert "TensorFlow: 2.21.0, CUDA 12.5.1" in out
     assert "GPU 0: NVIDIA H200, compute capability 9.0: kernels compiled from PTX" in out
     assert re.search(r"Training images/s: float32 [\d,]+, mixed_bfloat16 [\d,]+ \(", out)
+    assert re.search(r"Input images/s: [\d,]+ streamed from the shards, [\d,]+ held in memory", out)
     assert out.rstrip().endswith("Ready for the nightly job")
 
     fake_gpus(monkeypatch, "NVIDIA B200", (10, 0))

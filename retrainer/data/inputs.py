@@ -67,10 +67,10 @@ def fits_in_memory(split: DataSplit, images: int, budget: int | None = None) -> 
     return images * math.prod(input_shape(split.preprocessing)) <= budget
 
 
-def streaming_rate(split: DataSplit, subset: Subset, batches: int = 50) -> float:
-    """Images per second the shards stream at on this node, through `input_fn` without a model:
-    what `fit` gets when a subset is too large to hold in memory."""
-    dataset = input_fn(split, subset, shuffle=False, memory_budget=0)
+def input_rate(split: DataSplit, subset: Subset, held: bool, batches: int = 50) -> float:
+    """Images per second `input_fn` hands `fit` on this node, without a model: streamed from the
+    shards, or held in memory (timed after the one read that loads it)."""
+    dataset = input_fn(split, subset, shuffle=True, memory_budget=None if held else 0)
     started = time.perf_counter()
     images = sum(int(labels.shape[0]) for _, labels in dataset.take(batches))
     return images / (time.perf_counter() - started)
