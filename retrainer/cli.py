@@ -215,12 +215,12 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
         night = {"state": outcome.outcome, **outcome.model_dump(mode="json"), "report": report}
         print(json.dumps(night, indent=2))
         return 0
-    print(f"Model '{outcome.model_name}': {outcome.status}")
+    print(f"Model '{outcome.model_name}'")
     if outcome.version_url:
         print(f"  version {outcome.version} uploaded to {outcome.version_url}")
     print(f"  champion: {outcome.champion_version or 'none'}")
     print(f"  report: {report}")
-    print(f"{outcome.outcome}: {outcome.message}")
+    print(f"{outcome.outcome}: {outcome.message}")  # last: what the night did
     return 0
 
 

@@ -80,7 +80,7 @@ def run_demo_nights(
         outcomes.append(retrain(parameters))
     print("\n=== What happened ===")
     for (title, _), outcome in zip(DEMO_NIGHTS, outcomes, strict=True):
-        print(f"{title}\n  {outcome.status}: {outcome.message}")
+        print(f"{title}\n  {outcome.outcome}: {outcome.message}")
         if outcome.version_url:
             print(f"  model uploaded to {outcome.version_url}")
     champion = outcomes[-1].champion_version

@@ -148,6 +148,12 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     assert unchanged["champion_version"] == publication.version
     assert "nothing changed since champion" in unchanged["message"]
     assert re.search(r"/runs/flow-run/[0-9a-f-]{36}\?tab=Artifacts$", unchanged["report"])
+    assert main(["run"]) == 0  # what a person reads: the last line says what the night did
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[-1]
+        .startswith("Skipped: nothing changed since champion")
+    )
     assert len(ModelRegistry(store, "demo").list_versions()) == 1
     with get_client(sync_client=True) as client:
         (latest,) = client.read_artifacts(
