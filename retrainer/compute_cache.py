@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from retrainer.layout import cuda_cache_key
-from retrainer.storage import ObjectNotFound, ObjectStore, StoreError
+from retrainer.storage import ObjectNotFound, ObjectStore
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +49,31 @@ def folder_bytes(folder: Path) -> int:
 
 
 def restore_cuda_cache(store: ObjectStore, key: str, folder: Path) -> bool:
-    """Unpack the stored cache into `folder`; False when the store has none (or could not say)."""
+    """Unpack the stored cache into `folder`; False when the store has none or it cannot be used
+    (an outage, a damaged archive): the driver then compiles, as on the first night."""
     with tempfile.TemporaryDirectory() as scratch:
         archive = Path(scratch) / "cache.tar.gz"
         try:
             store.download(key, archive)
+            folder.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(archive) as packed:
+                packed.extractall(folder, filter="data")  # no path leaves the folder
         except ObjectNotFound:
             return False
-        except StoreError as error:
-            logger.warning("The CUDA compute cache could not be read (%s): compiling anyway", error)
+        except Exception as error:  # an optimisation: whatever went wrong costs time, not the run
+            logger.warning("The CUDA compute cache could not be restored (%s): compiling", error)
             return False
-        folder.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as packed:
-            packed.extractall(folder, filter="data")  # no path leaves the folder
     return True
 
 
 def save_cuda_cache(store: ObjectStore, key: str, folder: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         archive = Path(scratch) / "cache.tar.gz"
-        with tarfile.open(archive, "w:gz") as packed:
-            packed.add(folder, arcname=".")
         try:
+            with tarfile.open(archive, "w:gz") as packed:
+                packed.add(folder, arcname=".")
             store.upload(key, archive)
-        except StoreError as error:
+        except Exception as error:  # an optimisation: the next night compiles again, that is all
             logger.warning("The CUDA compute cache could not be kept in the store: %s", error)
             return
     logger.info("Kept the CUDA compute cache in the store at %s", store.describe(key))

@@ -623,6 +623,18 @@ def test_kernels_compiled_on_the_first_night_are_restored_on_a_fresh_node(
         pass
     assert len(list(store.list("_retrainer/cuda-cache/"))) == 1
 
+    # A damaged copy in the store costs a compile, never the run.
+    store.put(kept, b"half an archive")
+    caplog.clear()
+    monkeypatch.setenv("CUDA_CACHE_PATH", str(tmp_path / "node-3" / "cuda"))
+    with (
+        caplog.at_level("INFO", logger="retrainer.compute_cache"),
+        kept_cuda_cache(store, "NVIDIA H200 9.0"),
+    ):
+        pass
+    assert "The CUDA compute cache could not be restored" in caplog.text
+    assert "the driver compiles the kernels now" in caplog.text
+
 
 def test_the_driver_version_is_read_from_the_kernel_module(tmp_path: Path) -> None:
     from retrainer.compute_cache import driver_version
