@@ -193,28 +193,6 @@ def test_warm_start_begins_from_the_champions_weights(
     assert not np.allclose(kernel(fresh.version), kernel(first.version), atol=1e-3)
 
 
-def run_until_checkpoint(env: dict[str, str], epoch: int) -> str:
-    """Start `retrainer run`, SIGKILL it the moment the checkpoint of `epoch` is saved."""
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "retrainer"), "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPOSITORY,
-    )
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if f"Checkpoint of epoch {epoch} saved" in line:
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(60)
-    assert process.returncode == -signal.SIGKILL, "".join(seen[-30:])
-    return "".join(seen)
-
-
 def killable_run_env(
     bucket: str, tmp_path: Path, prefect_api_url: str, epochs: int
 ) -> dict[str, str]:
@@ -231,45 +209,6 @@ def killable_run_env(
         "RETRAINER_EPOCHS": str(epochs),
         "RETRAINER_GATE__ACCURACY__THRESHOLD": "0.0",
     }
-
-
-# The same worker resuming from its own sealed copy is covered by the random-kill test and by
-# test_a_torn_local_checkpoint_is_discarded_for_the_stores_copy.
-@pytest.mark.slow
-def test_sigkill_mid_training_resumes_on_a_cold_worker_from_the_stores_checkpoint(
-    bucket: str,
-    tmp_path: Path,
-    prefect_api_url: str,
-) -> None:
-    env = killable_run_env(bucket, tmp_path, prefect_api_url, epochs=5)
-    env["RETRAINER_LOG_LEVEL"] = "DEBUG"  # every checkpoint line, not only the first
-    run_until_checkpoint(env, epoch=2)
-    checkpoints = tmp_path / "cache" / "checkpoints"
-    assert any(checkpoints.rglob("latest.weights.h5"))
-    for path in sorted(checkpoints.rglob("*"), reverse=True):  # a new worker: an empty disk
-        path.unlink() if path.is_file() else path.rmdir()
-
-    rerun = subprocess.run(
-        [str(Path(sys.executable).parent / "retrainer"), "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPOSITORY,
-    )
-    output = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, output[-3000:]
-    assert "Resuming at epoch 3 of 5" in output
-    assert "Restored the checkpoint after epoch 2 from s3://" in output
-    assert "Epoch 1/5" not in output and "Epoch 3/5" in output
-
-    store = S3Store(bucket, "registry")
-    manifest = champion_manifest(store)
-    assert manifest["resumed_from_epoch"] == 2
-    champion = json.loads(store.get("models/demo/champion.json"))
-    history = json.loads(store.get(f"models/demo/versions/{champion['version']}/history.json"))
-    assert len(history["loss"]) == len(history["val_accuracy"]) == 5
-    assert not list(store.list("checkpoints/")), "finished work leaves no checkpoints"
 
 
 def sealed_checkpoint(mirror: CheckpointMirror, epoch: int) -> None:
@@ -304,43 +243,71 @@ def test_a_pointer_to_missing_or_damaged_checkpoint_files_counts_as_none(tmp_pat
     assert mirror.restore() == 0
 
 
+def output_until(process: subprocess.Popen[str], marker: str) -> str:
+    """What `process` printed up to and including the first line that holds `marker`."""
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            break
+    return "".join(seen)
+
+
+def start_run(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "retrainer"), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPOSITORY,
+    )
+
+
+# One test, three processes: every `retrainer run` pays for Python, TensorFlow and Prefect.
 @pytest.mark.slow
-def test_repeated_sigkills_at_random_moments_end_in_one_complete_history(
+def test_sigkills_on_a_worker_and_on_a_cold_one_end_in_one_complete_history(
     bucket: str, tmp_path: Path, prefect_api_url: str
 ) -> None:
     seed = int(os.environ.get("RETRAINER_KILL_SEED", random.randrange(1 << 30)))
-    chance = random.Random(seed)
     env = killable_run_env(bucket, tmp_path, prefect_api_url, epochs=6)
     env["RETRAINER_EARLY_STOPPING_PATIENCE"] = "0"
-    command = [str(Path(sys.executable).parent / "retrainer"), "run"]
-    kills = []
-    for _ in range(2):
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPOSITORY,
-        )
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "Training for" in line:
-                break
-        # Anywhere in the next few epochs: mid-batch, mid-checkpoint write, mid-upload.
-        delay = chance.uniform(0.0, 6.0)
-        time.sleep(delay)
-        process.send_signal(signal.SIGKILL)
-        process.wait(60)
-        kills.append(f"{delay:.2f} s")
+    env["RETRAINER_LOG_LEVEL"] = "DEBUG"  # every checkpoint line, not only the first
+
+    first = start_run(env)
+    output_until(first, "Checkpoint of epoch 2 saved")
+    first.send_signal(signal.SIGKILL)
+    first.wait(60)
+    checkpoints = tmp_path / "cache" / "checkpoints"
+    assert any(checkpoints.rglob("latest.weights.h5"))
+    for path in sorted(checkpoints.rglob("*"), reverse=True):  # a new worker: an empty disk
+        path.unlink() if path.is_file() else path.rmdir()
+
+    second = start_run(env)
+    resumed = output_until(second, "Training for")
+    assert "Restored the checkpoint after epoch 2 from s3://" in resumed, resumed[-3000:]
+    assert "Resuming at epoch 3 of 6" in resumed
+    # Anywhere in the next few epochs: mid-batch, mid-checkpoint write, mid-upload.
+    delay = random.Random(seed).uniform(0.0, 6.0)
+    time.sleep(delay)
+    second.send_signal(signal.SIGKILL)
+    second.wait(60)
 
     final = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=600, cwd=REPOSITORY
+        [str(Path(sys.executable).parent / "retrainer"), "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPOSITORY,
     )
     output = final.stdout + final.stderr
-    context = f"seed {seed}, killed after {kills}:\n{output[-3000:]}"
+    context = f"seed {seed}, killed {delay:.2f} s into the resumed run:\n{output[-3000:]}"
     assert final.returncode == 0, context
+    assert "Epoch 1/6" not in output and "Epoch 6/6" in output, context
     store = S3Store(bucket, "registry")
+    assert champion_manifest(store)["resumed_from_epoch"] >= 2, context
     champion = json.loads(store.get("models/demo/champion.json"))
     history = json.loads(store.get(f"models/demo/versions/{champion['version']}/history.json"))
     assert len(history["loss"]) == len(history["val_loss"]) == 6, context

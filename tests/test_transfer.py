@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -15,7 +16,7 @@ from retrainer.checkpoints import CheckpointMirror
 from retrainer.data.local import split_here
 from retrainer.errors import SettingsError
 from retrainer.models import fetch_backbone_weights, find_backbone
-from retrainer.records import DataSplit
+from retrainer.records import DataSplit, TrainedModel
 from retrainer.registry import ModelRegistry
 from retrainer.serving import download_serving_model, predict_files
 from retrainer.settings import TrainingConfig, load_settings
@@ -96,46 +97,53 @@ class Preempted(RuntimeError):
     pass
 
 
+def stopped_in(killed_in_epoch: int) -> Callable[[int, int], None]:
+    """An epoch-end callback that stops the run in `killed_in_epoch`, before its checkpoint: the
+    previous epoch is the last one kept, as after a kill."""
+
+    def preempt(epoch: int, epochs: int) -> None:
+        if epoch == killed_in_epoch:
+            raise Preempted(f"stopped in epoch {epoch}")
+
+    return preempt
+
+
+def assert_resumed_fine_tuning(log: str, at_epoch: int) -> None:
+    assert f"Resuming at epoch {at_epoch} of 4" in log
+    assert "Fine-tuning from epoch 2" in log
+    assert "Epoch 1/4" not in log, "the frozen phase ran again"
+    assert "Skipping variable loading" not in log
+
+
+# One test, three trainings: each traces the fine-tuning step of the backbone anew (20 s and more).
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("killed_in_epoch", "phase"), [(3, "fine-tuning"), (2, "the start of fine-tuning")]
-)
-def test_a_run_stopped_while_fine_tuning_resumes_there_and_fine_tunes_the_backbone(
-    digits_split: DataSplit,
-    tmp_path: Path,
-    killed_in_epoch: int,
-    phase: str,
-    caplog: pytest.LogCaptureFixture,
+def test_a_run_stopped_as_and_while_fine_tuning_resumes_there_and_fine_tunes_the_backbone(
+    digits_split: DataSplit, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     weights = backbone_weights_file(tmp_path / "weights")
     config = transfer_config(weights, epochs=1, fine_tune_epochs=3)
 
-    def preempt(epoch: int, epochs: int) -> None:
-        # Called at the end of an epoch, before its checkpoint: the previous epoch is the last
-        # one kept, as after a kill.
-        if epoch == killed_in_epoch:
-            raise Preempted(f"stopped in epoch {epoch} ({phase})")
+    def train(on_epoch: Callable[[int, int], None] | None = None) -> TrainedModel:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="retrainer"):
+            return train_model(
+                digits_split,
+                config,
+                tmp_path / "out",
+                mirror_in(tmp_path),
+                backbone_weights=weights,
+                on_epoch=on_epoch,
+            )
 
     with pytest.raises(Preempted):
-        train_model(
-            digits_split,
-            config,
-            tmp_path / "out",
-            mirror_in(tmp_path),
-            backbone_weights=weights,
-            on_epoch=preempt,
-        )
-    caplog.clear()  # what the resumed run says
-    with caplog.at_level(logging.INFO, logger="retrainer"):
-        trained = train_model(
-            digits_split, config, tmp_path / "out", mirror_in(tmp_path), backbone_weights=weights
-        )
+        train(on_epoch=stopped_in(2))  # as fine-tuning starts
+    with pytest.raises(Preempted):
+        train(on_epoch=stopped_in(3))  # while it runs
+    assert_resumed_fine_tuning(caplog.text, at_epoch=2)
+    trained = train()
+    assert_resumed_fine_tuning(caplog.text, at_epoch=3)
 
-    assert f"Resuming at epoch {killed_in_epoch} of 4" in caplog.text
-    assert "Fine-tuning from epoch 2" in caplog.text
-    assert "Epoch 1/4" not in caplog.text, "the frozen phase ran again"
-    assert "Skipping variable loading" not in caplog.text
-    assert trained.resumed_from_epoch == killed_in_epoch - 1
+    assert trained.resumed_from_epoch == 2
     history = json.loads(trained.history_path.read_text())
     assert len(history["loss"]) == 4
     model = keras.models.load_model(trained.model_path, safe_mode=True, compile=False)
