@@ -114,14 +114,15 @@ class FlakyProxy:
         self.server.shutdown()
 
 
-def every(n: int, action: str) -> Fault:
-    """The n-th, 2n-th, ... request gets `action`; the rest pass."""
+def every(n: int, actions: list[str]) -> Fault:
+    """The n-th, 2n-th, ... request gets the next of `actions` in turn; the rest pass."""
     counter = itertools.count(1)
+    faults = itertools.cycle(actions)
     lock = threading.Lock()
 
     def fault(method: str, path: str) -> str:
         with lock:
-            return action if next(counter) % n == 0 else "pass"
+            return next(faults) if next(counter) % n == 0 else "pass"
 
     return fault
 

@@ -25,11 +25,10 @@ from tests.conftest import digit_images, publish_stub_version, write_files
 from tests.flaky_proxy import Fault, FlakyProxy, always_for, every, first_n_for
 
 
-@pytest.mark.parametrize("action", ["slowdown", "drop"])
-def test_every_store_operation_survives_the_proxys_faults(
-    bucket: str, flaky: Callable[[Fault], FlakyProxy], tmp_path: Path, action: str
+def test_every_store_operation_survives_503s_and_dropped_connections(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy], tmp_path: Path
 ) -> None:
-    proxy = flaky(every(3, action))
+    proxy = flaky(every(3, ["slowdown", "drop"]))
     store = S3Store(bucket, "flaky")
     for key, image in digit_images(classes=2, per_class=10).items():
         store.put(f"data/{key}", image)
@@ -46,7 +45,8 @@ def test_every_store_operation_survives_the_proxys_faults(
         f"s3://{bucket}/flaky/data", f"s3://{bucket}/flaky", tmp_path, config, 1, 0.0
     )
     assert data_split.train_count + data_split.validation_count + data_split.test_count == 20
-    assert len(proxy.faults_served) >= 10, "the proxy did not misbehave"
+    served = [fault.split()[0] for fault in proxy.faults_served]
+    assert served.count("slowdown") >= 5 and served.count("drop") >= 5, proxy.faults_served
 
 
 @pytest.mark.parametrize("first_champion", [True, False])
