@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,14 +113,83 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+# A folder every pytest worker of this run shares (the controller makes it before they start).
+SHARED_FOLDER = "RETRAINER_TESTS_SHARED_FOLDER"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        os.environ[SHARED_FOLDER] = tempfile.mkdtemp(prefix="retrainer-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        shared = Path(os.environ.pop(SHARED_FOLDER))
+        pid_file = shared / "prefect-server.pid"
+        if pid_file.exists():
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextmanager
+def exclusive(lock_path: Path) -> Iterator[None]:
+    """Held by one process at a time, across the pytest workers."""
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start_prefect_server(folder: Path) -> str:
+    """Prefect's temporary API server, as `prefect_test_harness` runs it, with its database in
+    `folder`, in a process group of its own: it outlives the worker that started it and is
+    stopped when the run ends (`pytest_unconfigure`)."""
+    port = free_port()
+    with (folder / "prefect-server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "--factory"),
+                "prefect.server.api.server:create_app",
+                *("--host", "127.0.0.1", "--port", str(port), "--log-level", "error"),
+            ],
+            env={
+                **os.environ,
+                "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{folder}/prefect.db",
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (folder / "prefect-server.pid").write_text(str(process.pid))
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5):
+                return url
+        except OSError:
+            time.sleep(0.2)
+    log_tail = (folder / "prefect-server.log").read_text()[-3000:]
+    raise RuntimeError(f"the Prefect server did not start:\n{log_tail}")
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[str]:
-    """A real Prefect API (a temporary server and database); yields its URL for subprocesses."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    """A real Prefect API (a temporary server and database); yields its URL for subprocesses.
+    One server for all pytest workers: each one costs 15 to 50 s of start-up."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield str(PREFECT_API_URL.value())
+    shared = Path(os.environ[SHARED_FOLDER])
+    url_file = shared / "prefect-api-url"
+    with exclusive(shared / "prefect-server.lock"):
+        if not url_file.exists():
+            url_file.write_text(start_prefect_server(shared))
+    with temporary_settings(updates={PREFECT_API_URL: url_file.read_text()}):
+        yield url_file.read_text()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from uuid import UUID
 
 import boto3
 import keras
@@ -18,11 +19,14 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
+    ArtifactFilterFlowRunId,
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect.client.schemas.objects import Artifact
 
 from flows.prepare import prepare_dataset, task_runner_for
 from flows.retrain import retrain
@@ -34,6 +38,7 @@ from retrainer.data.local import split_here
 from retrainer.data.splits import subset_of
 from retrainer.freshness import identify_work
 from retrainer.lease import ModelLease
+from retrainer.records import Publication
 from retrainer.registry import ModelRegistry
 from retrainer.serving import SERVING_SIGNATURE
 from retrainer.settings import TrainingConfig, load_settings
@@ -63,6 +68,28 @@ def fast_training(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETRAINER_BATCH_SIZE", "16")
     monkeypatch.setenv("RETRAINER_LEARNING_RATE", "0.003")
     monkeypatch.setenv("RETRAINER_GATE__ACCURACY__THRESHOLD", "0.8")
+
+
+def night(**parameters: object) -> tuple[Publication, UUID]:
+    """A night through the flow, and its flow run's id: the tests of a run share one Prefect API,
+    so what a test reads of it is its own runs'."""
+    state = retrain(return_state=True, **parameters)
+    return state.result(), state.state_details.flow_run_id
+
+
+def artifacts_of(flow_run_ids: list[UUID], key: str) -> list[Artifact]:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=flow_run_ids),
+            )
+        )
+
+
+def run_id_of(report_url: str) -> UUID:
+    """The flow run a `retrainer run --json` report links to."""
+    return UUID(report_url.split("/runs/flow-run/")[1].split("?")[0])
 
 
 def assert_champion_is_complete(store: ObjectStore, model_name: str, tmp_path: Path) -> str:
@@ -111,7 +138,7 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
     monkeypatch.setenv("RETRAINER_DATA_URL", data_folder.as_uri())
 
-    publication = retrain()
+    publication, first_run = night()
 
     assert publication.promoted
     store = LocalStore(tmp_path / "store")
@@ -142,30 +169,25 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     assert [image.get("class") for image in answer["images"]] == [*classes, None]
     assert answer["images"][2]["problem"].startswith("does not decode")
 
-    assert main(["run", "--json"]) == 0  # what a script reads
-    unchanged = json.loads(capsys.readouterr().out)
-    assert (unchanged["state"], unchanged["status"]) == ("Skipped", "skipped")
-    assert unchanged["champion_version"] == publication.version
-    assert "nothing changed since champion" in unchanged["message"]
-    assert re.search(r"/runs/flow-run/[0-9a-f-]{36}\?tab=Artifacts$", unchanged["report"])
     assert main(["run"]) == 0  # what a person reads: the last line says what the night did
     assert (
         capsys.readouterr()
         .out.splitlines()[-1]
         .startswith("Skipped: nothing changed since champion")
     )
+    assert main(["run", "--json"]) == 0  # what a script reads
+    unchanged = json.loads(capsys.readouterr().out)
+    assert (unchanged["state"], unchanged["status"]) == ("Skipped", "skipped")
+    assert unchanged["champion_version"] == publication.version
+    assert "nothing changed since champion" in unchanged["message"]
+    assert re.search(r"/runs/flow-run/[0-9a-f-]{36}\?tab=Artifacts$", unchanged["report"])
     assert len(ModelRegistry(store, "demo").list_versions()) == 1
-    with get_client(sync_client=True) as client:
-        (latest,) = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-demo"])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
-        summaries = client.read_artifacts(  # each model keeps its own history of summaries
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["data-summary-demo"]))
-        )
-    assert latest.data.startswith("# `demo`: Skipped") and publication.version in latest.data
-    assert len(summaries) == 1
+    skipped_run = run_id_of(unchanged["report"])
+    (report,) = artifacts_of([skipped_run], "retrain-demo")
+    assert report.data.startswith("# `demo`: Skipped") and publication.version in report.data
+    # Each model keeps its own history of data summaries, one per night that read the data.
+    (summary,) = artifacts_of([first_run, skipped_run], "data-summary-demo")
+    assert summary.flow_run_id == first_run
 
 
 @pytest.mark.slow
@@ -186,7 +208,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     secret = f"never-shown-{uuid.uuid4().hex}"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
 
-    first = retrain()
+    first, first_run = night()
     assert first.promoted
     assert requests.count("GET", source_reads) == len(DATA)  # each image read once
     store = S3Store(bucket, "registry")
@@ -196,7 +218,7 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     # A cold worker (an empty disk) on the next night: the prepared dataset is in the store.
     monkeypatch.setenv("RETRAINER_CACHE_DIR", str(tmp_path / "cold-worker"))
     requests.clear()
-    second = retrain(epochs=1, min_accuracy=1.0)
+    second, second_run = night(epochs=1, min_accuracy=1.0)
 
     assert requests.count("GET", source_reads) == 0
     assert requests.count("GET", f"/{bucket}/registry/prepared/") >= 2  # the index and a shard
@@ -218,7 +240,9 @@ def test_flow_on_s3_promotes_then_a_failing_gate_leaves_the_champion_untouched(
     assert {test["metric"] for test in decision["paired_tests"]} >= {"accuracy", "macro_f1", "loss"}
     summaries = ModelRegistry(store, "digits").list_versions()
     assert [summary.is_champion for summary in summaries] == [True, False]
-    assert_secret_appears_nowhere(secret, store, [first.version, second.version])
+    assert_secret_appears_nowhere(
+        secret, store, [first.version, second.version], [first_run, second_run]
+    )
 
     # The same work again (same data, parameters, code) would be rejected again: not retrained.
     requests.clear()
@@ -266,16 +290,16 @@ def test_a_rolled_back_work_is_not_retrained_and_promoted_again_unless_forced(
 
 
 def assert_secret_appears_nowhere(
-    secret: str, store: ObjectStore, versions: list[str | None]
+    secret: str, store: ObjectStore, versions: list[str | None], flow_run_ids: list[UUID]
 ) -> None:
     """Not in an uploaded file, a log line or an artifact of the runs."""
     for info in store.list():
         assert secret.encode() not in store.get(info.key), info.key
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(limit=200)
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-digits"]))
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids))
         )
+    artifacts = artifacts_of(flow_run_ids, "retrain-digits")
     assert logs and artifacts
     assert all(version in str([a.data for a in artifacts]) for version in versions)
     assert secret not in " ".join(log.message for log in logs)
@@ -435,22 +459,18 @@ def test_a_strangers_bucket_trains_on_the_good_images_and_lists_every_bad_object
     monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/registry")
     monkeypatch.setenv("RETRAINER_DATA_URL", f"s3://{bucket}/incoming")
     try:
-        assert main(["run"]) == 0
+        assert main(["run", "--json"]) == 0
     finally:
         proxy.close()
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    night_run = run_id_of(json.loads(capsys.readouterr().out)["report"])
 
     store = S3Store(bucket, "registry")
     (version,) = {info.key.split("/")[3] for info in store.list("models/demo/versions/")}
     manifest = json.loads(store.get(f"models/demo/versions/{version}/manifest.json"))
     trained = manifest["train_images"] + manifest["validation_images"] + manifest["test_images"]
     assert trained == len(DATA), "a good image was left out, or a bad one trained"
-    with get_client(sync_client=True) as prefect:
-        (report,) = prefect.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-demo"])),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=1,
-        )
+    (report,) = artifacts_of([night_run], "retrain-demo")
     listed = str(report.data)
     for key in bad:
         assert f"`{key}`" in listed, key
