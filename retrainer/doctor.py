@@ -2,7 +2,8 @@
 
 The first step on a new GPU pool: TensorFlow's build, the GPUs it sees and the kernels it has for
 them, the CUDA cache, the stores and the cache volume; with `--benchmark` the configured model's
-training speed in float32 and in mixed precision, measured here.
+training speed in float32 and in mixed precision (each phase of a backbone: frozen, fine-tuning),
+and the input pipeline's rate, measured here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrainer.compute_cache import cuda_cache_folder, driver_version, folder_bytes
 from retrainer.devices import GpuSeen, describe_build, kernels_for
@@ -23,6 +25,9 @@ from retrainer.preflight import check_stores
 from retrainer.settings import Settings
 from retrainer.storage import LocalStore
 from retrainer.tensorflow_runtime import start_tensorflow
+
+if TYPE_CHECKING:
+    import keras
 
 # Below this, a night's shards, checkpoints and CUDA cache may not fit on the cache volume.
 MIN_FREE_CACHE_BYTES = 5 * 1024**3
@@ -150,28 +155,61 @@ def examine_node(settings: Settings) -> list[Finding]:
     return findings
 
 
-def training_speed(settings: Settings, precision: str, steps: int = 30) -> float:
-    """Images per second of `fit` for the configured model on random images of the configured
-    size, in this precision, after one warm-up call (tracing and compiling are not counted)."""
-    import keras
-    import numpy as np
-
+def configured_model(settings: Settings) -> keras.Model:
+    """The model a night trains, compiled, under the current precision policy; a backbone with
+    random weights (speed does not depend on them, and nothing is downloaded)."""
     from retrainer.data.image import input_shape
-    from retrainer.models import build_from_factory, compile_model
+    from retrainer.models import (
+        build_from_factory,
+        build_transfer_model,
+        compile_model,
+        with_augmentation,
+    )
     from retrainer.records import PreparationSpec
 
+    config = settings.training_config()
+    shape = input_shape(PreparationSpec.of(settings))
+    if config.backbone == "none":
+        base = build_from_factory(config.model_factory, shape, num_classes=10)
+    else:
+        base = build_transfer_model(config.backbone, None, shape, num_classes=10)
+    model = with_augmentation(base, config)
+    compile_model(model, config.learning_rate, config)
+    return model
+
+
+def images_per_second(model: keras.Model, batch: int, steps: int = 30) -> float:
+    """Images per second of `fit` on random images, after one warm-up call (tracing and
+    compiling are not counted)."""
+    import numpy as np
+
+    shape = model.input_shape[1:]
+    images = np.random.default_rng(0).random((batch * steps, *shape), dtype=np.float32)
+    labels = np.arange(batch * steps) % 10
+    model.fit(images[:batch], labels[:batch], batch_size=batch, epochs=1, verbose=0)
+    started = time.perf_counter()
+    model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
+    return batch * steps / (time.perf_counter() - started)
+
+
+def phase_speeds(settings: Settings, precision: str) -> dict[str, float]:
+    """Training images/s of each phase of a night in this precision: "training" for a model
+    trained in one phase; a backbone's "frozen" phase and, when it is fine-tuned, "fine-tuning"."""
+    import keras
+
+    from retrainer.models import start_fine_tuning
+
+    config = settings.training_config()
     keras.mixed_precision.set_global_policy(precision)
     try:
-        shape = input_shape(PreparationSpec.of(settings))
-        model = build_from_factory(settings.model_factory, shape, num_classes=10)
-        compile_model(model, settings.learning_rate, settings.training_config())
-        batch = settings.batch_size
-        images = np.random.default_rng(0).random((batch * steps, *shape), dtype=np.float32)
-        labels = np.arange(batch * steps) % 10
-        model.fit(images[:batch], labels[:batch], batch_size=batch, epochs=1, verbose=0)
-        started = time.perf_counter()
-        model.fit(images, labels, batch_size=batch, epochs=1, verbose=0)
-        return batch * steps / (time.perf_counter() - started)
+        model = configured_model(settings)
+        if config.backbone == "none":
+            return {"training": images_per_second(model, config.batch_size)}
+        speeds = {"frozen": images_per_second(model, config.batch_size)}
+        if config.fine_tune_epochs:
+            start_fine_tuning(model, config)
+            speeds["fine-tuning"] = images_per_second(model, config.batch_size)
+        return speeds
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -198,21 +236,38 @@ def input_finding(settings: Settings) -> Finding:
     )
 
 
+def precision_finding(settings: Settings, speeds: dict[str, dict[str, float]]) -> Finding:
+    """What the measured `speeds` (images/s by precision, then by phase) say: the precision that
+    makes a night shorter, over the epochs of each of its phases."""
+    epochs = {
+        "training": settings.epochs,
+        "frozen": settings.epochs,
+        "fine-tuning": settings.fine_tune_epochs,
+    }
+
+    def seconds_per_image(precision: str) -> float:
+        return sum(epochs[phase] / speed for phase, speed in speeds[precision].items())
+
+    faster = min(speeds, key=seconds_per_image)
+    phases = [
+        ("" if phase == "training" else f"{phase}: ")
+        + ", ".join(f"{precision} {by_phase[phase]:,.0f}" for precision, by_phase in speeds.items())
+        for phase in speeds[faster]
+    ]
+    model = settings.backbone if settings.backbone != "none" else "the configured model"
+    over = "" if len(phases) == 1 else " over a night's epochs of each phase"
+    advice = "off" if faster == "float32" else "on"
+    return Finding(
+        "Training images/s",
+        f"{'; '.join(phases)} ({model}, batch {settings.batch_size}, {settings.image_size} px): "
+        f"{faster} is faster here{over}; RETRAINER_MIXED_PRECISION={advice} makes it the choice",
+    )
+
+
 def benchmark_findings(settings: Settings, gpus: list[GpuSeen]) -> list[Finding]:
-    """float32 against the mixed precision this node's GPUs would use, measured, and which won;
-    and what the input pipeline hands `fit` here."""
+    """float32 against the mixed precision this node's GPUs would use, measured for each phase of
+    a night; and what the input pipeline hands `fit` here."""
     capabilities = [gpu.capability or (0, 0) for gpu in gpus]
     mixed = "mixed_float16" if capabilities and min(capabilities) < (8, 0) else "mixed_bfloat16"
-    speeds = {precision: training_speed(settings, precision) for precision in ("float32", mixed)}
-    faster = max(speeds, key=lambda precision: speeds[precision])
-    said = ", ".join(f"{precision} {speed:,.0f}" for precision, speed in speeds.items())
-    advice = "off" if faster == "float32" else "on"
-    return [
-        Finding(
-            "Training images/s",
-            f"{said} (the configured model, batch {settings.batch_size}, "
-            f"{settings.image_size} px): {faster} is faster here; "
-            f"RETRAINER_MIXED_PRECISION={advice} makes it the choice",
-        ),
-        input_finding(settings),
-    ]
+    speeds = {precision: phase_speeds(settings, precision) for precision in ("float32", mixed)}
+    return [precision_finding(settings, speeds), input_finding(settings)]

@@ -71,9 +71,13 @@ def load_backbone_weights(application: keras.Model, backbone: str, weights: Path
 
 
 def build_transfer_model(
-    backbone: str, weights: BackboneWeights, input_shape: tuple[int, int, int], num_classes: int
+    backbone: str,
+    weights: BackboneWeights | None,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
 ) -> keras.Model:
-    """The pretrained backbone, frozen, under a new classifier: the model of the first phase."""
+    """The pretrained backbone, frozen, under a new classifier: the model of the first phase.
+    Without weights the backbone is random: only for measuring speed (`retrainer doctor`)."""
     application = BACKBONES[backbone](
         input_shape=input_shape,
         include_top=False,

@@ -565,6 +565,30 @@ def test_doctor_benchmark_measures_each_precision_and_the_input_pipeline(
     assert re.search(r"Input images/s: [\d,]+ streamed from the shards, [\d,]+ held in memory", out)
 
 
+def test_the_doctor_picks_the_precision_that_makes_a_backbones_night_shorter() -> None:
+    from retrainer.doctor import precision_finding
+    from retrainer.settings import load_settings
+
+    # Shaped like the H200 figures of issue 23: bfloat16 1.24x frozen, 0.59x fine-tuning.
+    speeds = {
+        "float32": {"frozen": 25_000.0, "fine-tuning": 13_500.0},
+        "mixed_bfloat16": {"frozen": 31_000.0, "fine-tuning": 8_000.0},
+    }
+    settings = load_settings(
+        backbone="mobilenet_v3_small",
+        backbone_weights="s3://weights/mobilenet_v3_small.weights.h5",
+        epochs=5,
+        fine_tune_epochs=5,
+    )
+    said = precision_finding(settings, speeds).said
+    assert said.startswith("frozen: float32 25,000, mixed_bfloat16 31,000; fine-tuning: ")
+    assert "float32 is faster here over a night's epochs of each phase" in said
+    assert said.endswith("RETRAINER_MIXED_PRECISION=off makes it the choice")
+
+    mostly_frozen = settings.model_copy(update={"epochs": 50, "fine_tune_epochs": 1})
+    assert "mixed_bfloat16 is faster" in precision_finding(mostly_frozen, speeds).said
+
+
 def test_kernels_compiled_on_the_first_night_are_restored_on_a_fresh_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
