@@ -41,7 +41,7 @@ from tests.flaky_proxy import Fault, FlakyProxy
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-STEPS = 26
+STEPS = 22
 ALL_IMAGES = digit_images(classes=3, per_class=60)
 ONE_EPOCH = RetrainParameters(epochs=1)
 FORCED = ONE_EPOCH.model_copy(update={"force": True})
