@@ -113,13 +113,6 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first. With tests handed out one at a time (`--maxschedchunk 1`, Makefile),
-    the longest start early and the workers finish together, instead of one worker running a
-    minutes-long test alone at the end while the others wait."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 # A folder every pytest worker of this run shares (the controller makes it before they start).
 SHARED_FOLDER = "RETRAINER_TESTS_SHARED_FOLDER"
 
