@@ -15,7 +15,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -127,7 +127,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shared = Path(os.environ.pop(SHARED_FOLDER))
         pid_file = shared / "prefect-server.pid"
         if pid_file.exists():
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            with suppress(ProcessLookupError):  # a server that died on its own, already gone
+                os.killpg(int(pid_file.read_text()), signal.SIGTERM)
         shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -188,8 +189,9 @@ def prefect_api() -> Iterator[str]:
     with exclusive(shared / "prefect-server.lock"):
         if not url_file.exists():
             url_file.write_text(start_prefect_server(shared))
-    with temporary_settings(updates={PREFECT_API_URL: url_file.read_text()}):
-        yield url_file.read_text()
+    url = url_file.read_text()
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
 
 
 @pytest.fixture
