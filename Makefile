@@ -48,6 +48,7 @@ bench: $(UV)
 	$(RUN) python -m bench.pipeline
 	$(RUN) python -m bench.training
 	$(RUN) python -m bench.memory
+	$(RUN) python -m bench.allocator
 	$(RUN) python -m bench.photos
 	$(RUN) python -m bench.duplicates
 	$(RUN) python -m bench.feed

@@ -2,6 +2,8 @@
 at 1x and 10x the images, each in a fresh process, in one run: with the subsets held in memory
 (they fit the input function's budget, INPUT_MEMORY_BUDGET) and streamed from the shards (what a
 dataset past the budget gets), so memory grows with the data up to the budget, then no more.
+Streamed is measured on glibc's malloc (with the arenas `retrainer` sets) and on tcmalloc, which
+the image preloads (when this machine has it: apt-get install libtcmalloc-minimal4).
 
     make bench  (or: .venv/bin/python -m bench.memory) [--images 2000]
 """
@@ -9,12 +11,14 @@ dataset past the budget gets), so memory grows with the data up to the budget, t
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.common import distinct_images, peak_rss_mb, write_tree
+from retrainer.doctor import TCMALLOC
 
 SIZE = 64
 
@@ -38,7 +42,8 @@ def train_once(folder: Path, streamed: bool) -> None:
     print(f"PEAK_RSS_MB {peak_rss_mb():.0f}")
 
 
-def measure(count: int, streamed: bool) -> float:
+def measure(count: int, streamed: bool, tcmalloc: bool) -> float:
+    environment = dict(os.environ, LD_PRELOAD=str(TCMALLOC)) if tcmalloc else os.environ
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         write_tree(folder / "images", distinct_images(count, size=SIZE))
@@ -47,6 +52,7 @@ def measure(count: int, streamed: bool) -> float:
             + (["--streamed"] if streamed else []),
             capture_output=True,
             text=True,
+            env=environment,
         )
     if answer.returncode != 0:
         raise RuntimeError(answer.stderr[-3000:])
@@ -64,13 +70,23 @@ def main() -> None:
         train_once(arguments.child, arguments.streamed)
         return
     print(f"peak RSS of a training run ({SIZE}x{SIZE} JPEGs, 2 epochs, batch 32):")
-    for streamed in (False, True):
-        small = measure(arguments.images, streamed)
-        large = measure(arguments.images * 10, streamed)
-        how = "streamed from the shards" if streamed else "subsets held in memory"
+    tcmalloc = TCMALLOC.exists()
+    cases = [
+        (f"subsets held in memory, {'tcmalloc' if tcmalloc else 'glibc malloc'}", False, tcmalloc),
+        ("streamed from the shards, glibc malloc", True, False),
+    ]
+    if tcmalloc:
+        cases.append(("streamed from the shards, tcmalloc (the image's)", True, True))
+    else:
+        print(f"  (no {TCMALLOC}: tcmalloc not measured; apt-get install libtcmalloc-minimal4)")
+    for how, streamed, preload in cases:
+        small = measure(arguments.images, streamed, preload)
+        large = measure(arguments.images * 10, streamed, preload)
         print(f"  {how}: {arguments.images:,} images {small:.0f} MB, ", end="")
         print(f"{arguments.images * 10:,} images {large:.0f} MB: {100 * (large / small - 1):+.1f}%")
-    print("streamed: growth at 10x the data under 10%; held in memory: at most the budget")
+    print(
+        "targets: streamed on tcmalloc, growth at 10x the data under 10%; held, at most the budget"
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 MIN_FREE_CACHE_BYTES = 5 * 1024**3
 
 
+# Where Debian's libtcmalloc-minimal4 puts it on x86_64; the image preloads it from here.
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
 @dataclass(frozen=True)
 class Finding:
     topic: str
@@ -144,6 +148,22 @@ def cache_volume_finding(settings: Settings) -> Finding:
     )
 
 
+def allocator_finding(maps: str | None) -> Finding:
+    """The malloc this process runs on, from its memory map (`/proc/self/maps`; None off Linux).
+    Under glibc's, tf.data's threads fragment the heap and a run's peak memory grows with the
+    images it streams (bench.memory); the image preloads tcmalloc."""
+    if maps is None:
+        return Finding("Memory allocator", "the system's own (not Linux)")
+    for name in ("tcmalloc", "jemalloc"):
+        if f"lib{name}" in maps:
+            return Finding("Memory allocator", f"{name}: peak memory stays flat as the data grows")
+    return Finding(
+        "Memory allocator",
+        "glibc's malloc: a run's peak memory grows with the images it streams; preload tcmalloc "
+        f"as the image does (apt-get install libtcmalloc-minimal4, LD_PRELOAD={TCMALLOC})",
+    )
+
+
 def examine_node(settings: Settings) -> list[Finding]:
     """Every finding, in the order a person checks a node."""
     built_for, build = tensorflow_build()
@@ -152,6 +172,8 @@ def examine_node(settings: Settings) -> list[Finding]:
     findings.append(store_finding(settings))
     findings.append(cache_volume_finding(settings))
     findings.append(Finding("CPU cores", f"{os.cpu_count()} (they decode and feed the images)"))
+    maps = Path("/proc/self/maps")
+    findings.append(allocator_finding(maps.read_text() if maps.exists() else None))
     return findings
 
 

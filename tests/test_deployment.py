@@ -207,6 +207,15 @@ def test_deployment_files_parse_and_the_schedule_is_nightly() -> None:
             json.loads(path.read_text())
 
 
+def test_the_image_installs_and_preloads_tcmalloc_where_the_doctor_looks_for_it() -> None:
+    from retrainer.doctor import TCMALLOC
+
+    dockerfile = (REPOSITORY / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"apt-get install [^\n]* libtcmalloc-minimal4", dockerfile)
+    assert f"ENV LD_PRELOAD={TCMALLOC} " in dockerfile
+    assert "'libtcmalloc' in open('/proc/self/maps').read()" in dockerfile  # the build's smoke test
+
+
 def rendered(configuration: type[Any], template_file: str) -> Any:
     """The job a worker would start, rendered by the worker's own job configuration class."""
     template = json.loads((REPOSITORY / "deploy" / template_file).read_text())

@@ -398,6 +398,45 @@ def test_tensorflow_start_up_stays_out_of_the_output_but_its_gpu_reason_is_kept(
     assert "rebuild TensorFlow" not in answer.stderr  # a start-up line's continuation
 
 
+ARENAS_SCRIPT = """
+import ctypes, os, sys, threading
+if sys.argv[1] == "import":
+    import retrainer
+threads = 3 * max(2, len(os.sched_getaffinity(0)))
+barrier = threading.Barrier(threads + 1)
+def allocate():
+    block = bytearray(4096)  # from glibc's malloc, in this thread
+    barrier.wait()
+    barrier.wait()
+workers = [threading.Thread(target=allocate) for _ in range(threads)]
+for worker in workers:
+    worker.start()
+barrier.wait()
+ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" paragraph per arena, on stderr
+barrier.wait()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas")
+def test_importing_retrainer_caps_malloc_arenas_at_one_per_core_unless_the_user_set_them() -> None:
+    def arenas(mode: str, **environment: str) -> int:
+        answer = subprocess.run(
+            [sys.executable, "-c", ARENAS_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPOSITORY,
+            env={**os.environ, **environment},
+        )
+        assert answer.returncode == 0, answer.stderr
+        return len(re.findall(r"^Arena \d+:$", answer.stderr, re.MULTILINE))
+
+    cap = max(2, len(os.sched_getaffinity(0)))
+    assert arenas("plain") > cap  # glibc's own default: an arena per thread, up to 8 per core
+    assert arenas("import") == cap
+    assert arenas("import", MALLOC_ARENA_MAX="1") == 1
+
+
 def test_balanced_class_weights_come_from_the_training_counts() -> None:
     from retrainer.settings import TrainingConfig
     from retrainer.training import class_weights
@@ -539,6 +578,7 @@ def test_doctor_names_each_gpu_with_its_kernels_and_fails_on_one_without(
     out = capsys.readouterr().out
     assert "TensorFlow: 2.21.0, CUDA 12.5.1" in out
     assert "GPU 0: NVIDIA H200, compute capability 9.0: kernels compiled from PTX" in out
+    assert "Memory allocator: glibc's malloc" in out  # pytest runs without tcmalloc preloaded
     assert out.rstrip().endswith("Ready for the nightly job")
 
     fake_gpus(monkeypatch, "NVIDIA B200", (10, 0))
@@ -546,6 +586,17 @@ def test_doctor_names_each_gpu_with_its_kernels_and_fails_on_one_without(
     out = capsys.readouterr().out
     assert "MISSING GPU 0: NVIDIA B200, compute capability 10.0: NO kernels" in out
     assert out.rstrip().endswith("Not ready for the nightly job: GPU 0")
+
+
+def test_the_doctor_names_the_malloc_in_use_and_says_how_to_preload_tcmalloc() -> None:
+    from retrainer.doctor import TCMALLOC, allocator_finding
+
+    glibc = allocator_finding("7f1 r-xp 00000000 08:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert glibc.said.startswith("glibc's malloc")
+    assert f"LD_PRELOAD={TCMALLOC}" in glibc.said
+    assert not glibc.missing  # a night still runs on glibc, with more memory
+    tcmalloc = allocator_finding(f"7f2 r-xp 00000000 08:01 9 {TCMALLOC}\n")
+    assert tcmalloc.said.startswith("tcmalloc: ")
 
 
 @pytest.mark.slow  # prepares the demo digits and trains twice: 14 s of the fast lane
