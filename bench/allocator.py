@@ -13,14 +13,12 @@ each ratio is the median over the pairs: this machine's speed drifts between run
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import distinct_images, write_tree
+from bench.common import child_figures, distinct_images, write_tree
 from retrainer.doctor import TCMALLOC
 
 SIZES = (96, 224)
@@ -41,20 +39,6 @@ def measure_here(split_file: Path) -> None:
     settings = load_settings(image_size=split.preprocessing.image_size)
     training = phase_speeds(settings, "float32")["training"]
     print("RATES", streamed, held, training)
-
-
-def rates(split_file: Path, tcmalloc: bool) -> list[float]:
-    environment = dict(os.environ, LD_PRELOAD=str(TCMALLOC)) if tcmalloc else os.environ
-    answer = subprocess.run(
-        [sys.executable, "-m", "bench.allocator", "--child", str(split_file)],
-        capture_output=True,
-        text=True,
-        env=environment,
-    )
-    if answer.returncode != 0:
-        raise RuntimeError(answer.stderr[-3000:])
-    line = next(line for line in answer.stdout.splitlines() if line.startswith("RATES"))
-    return [float(rate) for rate in line.split()[1:]]
 
 
 def split_of(work: Path, count: int, size: int) -> Path:
@@ -89,7 +73,10 @@ def main() -> None:
             ratios: list[list[float]] = []
             for pair in range(arguments.pairs):
                 order = (False, True) if pair % 2 == 0 else (True, False)
-                measured = {tcmalloc: rates(split_file, tcmalloc) for tcmalloc in order}
+                measured = {
+                    tcmalloc: child_figures("bench.allocator", [str(split_file)], tcmalloc, "RATES")
+                    for tcmalloc in order
+                }
                 ratios.append([t / g for t, g in zip(measured[True], measured[False], strict=True)])
             medians = [statistics.median(column) for column in zip(*ratios, strict=True)]
             cells = ", ".join(

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from retrainer.doctor import TCMALLOC
 from retrainer.storage import LocalStore
 
 
@@ -131,3 +132,19 @@ class EpochTimer:
                 self.seconds.append(time.perf_counter() - self.started)
 
         return _Timer()
+
+
+def child_figures(module: str, arguments: list[str], tcmalloc: bool, tag: str) -> list[float]:
+    """Run `python -m <module> --child <arguments>` in a fresh process, on tcmalloc (preloaded,
+    as in the image) or on glibc's malloc; the numbers on its output line that starts with `tag`."""
+    environment = dict(os.environ, LD_PRELOAD=str(TCMALLOC)) if tcmalloc else os.environ
+    answer = subprocess.run(
+        [sys.executable, "-m", module, "--child", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    if answer.returncode != 0:
+        raise RuntimeError(answer.stderr[-3000:])
+    line = next(line for line in answer.stdout.splitlines() if line.startswith(tag))
+    return [float(figure) for figure in line.split()[1:]]

@@ -11,13 +11,10 @@ the image preloads (when this machine has it: apt-get install libtcmalloc-minima
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import distinct_images, peak_rss_mb, write_tree
+from bench.common import child_figures, distinct_images, peak_rss_mb, write_tree
 from retrainer.doctor import TCMALLOC
 
 SIZE = 64
@@ -43,21 +40,12 @@ def train_once(folder: Path, streamed: bool) -> None:
 
 
 def measure(count: int, streamed: bool, tcmalloc: bool) -> float:
-    environment = dict(os.environ, LD_PRELOAD=str(TCMALLOC)) if tcmalloc else os.environ
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         write_tree(folder / "images", distinct_images(count, size=SIZE))
-        answer = subprocess.run(
-            [sys.executable, "-m", "bench.memory", "--child", str(folder)]
-            + (["--streamed"] if streamed else []),
-            capture_output=True,
-            text=True,
-            env=environment,
-        )
-    if answer.returncode != 0:
-        raise RuntimeError(answer.stderr[-3000:])
-    line = next(line for line in answer.stdout.splitlines() if line.startswith("PEAK_RSS_MB"))
-    return float(line.split()[1])
+        arguments = [str(folder)] + (["--streamed"] if streamed else [])
+        (peak,) = child_figures("bench.memory", arguments, tcmalloc, "PEAK_RSS_MB")
+    return peak
 
 
 def main() -> None:
