@@ -156,7 +156,9 @@ def allocator_finding(maps: str | None) -> Finding:
         return Finding("Memory allocator", "the system's own (not Linux)")
     for name in ("tcmalloc", "jemalloc"):
         if f"lib{name}" in maps:
-            return Finding("Memory allocator", f"{name}: peak memory stays flat as the data grows")
+            return Finding(
+                "Memory allocator", f"{name}: peak memory grows little with the data (bench.memory)"
+            )
     return Finding(
         "Memory allocator",
         "glibc's malloc: a run's peak memory grows with the images it streams; preload tcmalloc "
