@@ -8,12 +8,12 @@ from typing import cast
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 import retrainer
 from flows.prepare import prepare_dataset, task_runner_for
-from retrainer.errors import SettingsError
-from retrainer.records import Publication
+from retrainer.errors import BadInput, SettingsError, redact
+from retrainer.records import DataSnapshot, Publication
 from retrainer.settings import (
     BatchSizeParameter,
     DataUrlParameter,
@@ -31,12 +31,15 @@ from tasks.freshness import check_for_changes, identify, report_skipped
 from tasks.gate import gate
 from tasks.lease import model_lease
 from tasks.listing import list_data
-from tasks.preflight import preflight
-from tasks.publish import publish
+from tasks.preflight import check_model, preflight
+from tasks.publish import publish, report_failed
+from tasks.retries import say_mistakes_once
 from tasks.runtime import run_folder
 from tasks.split import split
 from tasks.train import train
 from tasks.validate import validate
+
+say_mistakes_once()
 
 
 def flow_timeout_seconds() -> float:
@@ -50,15 +53,19 @@ def flow_timeout_seconds() -> float:
         return 3600 * float(Settings.model_fields["flow_timeout_hours"].default)
 
 
+def model_name_of_run() -> str:
+    """The model this run is for: its parameter, else the settings' (which may not load)."""
+    if model_name := flow_run.parameters.get("model_name"):
+        return str(model_name)
+    try:
+        return load_settings().model_name
+    except SettingsError:
+        return "retrain"  # the run stops at its first step with the settings' message
+
+
 def run_name() -> str:
     """`digits-2026-11-30`: the model and the night a run is for, in the runs list."""
-    model_name = flow_run.parameters.get("model_name")
-    if not model_name:
-        try:
-            model_name = load_settings().model_name
-        except SettingsError:
-            model_name = "retrain"  # the run stops at its first step with the settings' message
-    return f"{model_name}-{flow_run.scheduled_start_time:%Y-%m-%d}"
+    return f"{model_name_of_run()}-{flow_run.scheduled_start_time:%Y-%m-%d}"
 
 
 def night_state(publication: Publication) -> State[Publication]:
@@ -93,28 +100,45 @@ def retrain(
         min_accuracy=min_accuracy,
         force=force,
     )
-    settings = load_settings().with_parameters(parameters)
-    logging.getLogger(retrainer.__name__).setLevel(settings.log_level)
-    preflight(settings)
-    with model_lease(settings):
-        # Decided from one listing, before any image is downloaded or TensorFlow is imported.
-        snapshot = list_data(settings)
-        champion = read_champion(settings)
-        work = identify(snapshot, settings)
-        if already_done := check_for_changes(work, champion, settings):
-            if not force:
-                return night_state(report_skipped(already_done, settings))
-            get_run_logger().warning(
-                "Forced: training anyway, where this run would have stopped: %s",
-                already_done.message,
-            )
-        prepare = prepare_dataset.with_options(task_runner=task_runner_for(settings))
-        prepared = prepare(snapshot, settings, run_folder(settings).prepared_index)
-        data = validate(prepared, champion, settings)
-        data_split = split(data, settings)
-        trained = train(data_split, work, champion, settings)
-        decision = gate(data_split, trained, champion, settings)
-        return night_state(publish(data, data_split, work, trained, decision, champion, settings))
+    snapshot: DataSnapshot | None = None
+    try:
+        settings = load_settings().with_parameters(parameters)
+        logging.getLogger(retrainer.__name__).setLevel(settings.log_level)
+        preflight(settings)
+        with model_lease(settings):
+            # Decided from one listing, before any image is downloaded or TensorFlow is imported.
+            snapshot = list_data(settings)
+            champion = read_champion(settings)
+            work = identify(snapshot, settings)
+            if already_done := check_for_changes(work, champion, settings):
+                if not force:
+                    return night_state(report_skipped(already_done, settings))
+                get_run_logger().warning(
+                    "Forced: training anyway, where this run would have stopped: %s",
+                    already_done.message,
+                )
+            check_model(snapshot, settings)
+            prepare = prepare_dataset.with_options(task_runner=task_runner_for(settings))
+            prepared = prepare(snapshot, settings, run_folder(settings).prepared_index)
+            data = validate(prepared, champion, settings)
+            data_split = split(data, settings)
+            trained = train(data_split, work, champion, settings)
+            decision = gate(data_split, trained, champion, settings)
+            publication = publish(data, data_split, work, trained, decision, champion, settings)
+            return night_state(publication)
+    except BadInput as mistake:
+        return stopped_by(mistake, parameters, snapshot)
+
+
+def stopped_by(
+    mistake: BadInput, parameters: RetrainParameters, snapshot: DataSnapshot | None
+) -> State[Publication]:
+    """A night stopped by something a person must fix: its message is the run's state message,
+    said once (tasks/retries.py keeps Prefect's tracebacks out), with a report of what to fix."""
+    problem = redact(str(mistake))
+    get_run_logger().error("Stopped: %s", problem)
+    report_failed(problem, model_name_of_run(), snapshot)
+    return Failed(message=problem, data=mistake)
 
 
 def run_here(parameters: RetrainParameters) -> State[Publication]:

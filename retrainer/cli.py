@@ -208,7 +208,7 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     state = run_here(parameters)
     if arguments.json and not state.is_completed():
         print(json.dumps({"state": state.name, "message": redact(str(state.message))}, indent=2))
-        return 1
+        return 2 if isinstance(state.result(raise_on_failure=False), SettingsError) else 1
     outcome = state.result()  # a failed run raises its error here
     report = report_location(state, outcome.model_name)
     if arguments.json:
@@ -247,10 +247,15 @@ def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
         print(f"No published versions of '{registry.model_name}' in {settings.store_url}")
         return 0
     print(f"Versions of '{registry.model_name}' in {settings.store_url}, oldest first:\n")
-    print(f"  {'version':<24} {'test accuracy':>13} {'test loss':>9} {'macro F1':>8}  status")
+    print(
+        f"  {'version':<24} {'test accuracy':>13} {'test loss':>9} {'macro F1':>8} "
+        f"{'test images':>11}  status"
+    )
     for summary in versions:
         if summary.is_champion:
             status = "champion"
+        elif summary.withdrawn:
+            status = f"withdrawn {summary.withdrawn.at:%Y-%m-%d}: {summary.withdrawn.reason}"
         elif summary.passed:
             status = "passed, not champion"
         elif summary.passed is None:
@@ -263,9 +268,10 @@ def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
         loss = metrics.get("test_loss", metrics.get("val_loss", float("nan")))
         f1 = metrics.get("test_macro_f1", metrics.get("val_macro_f1", float("nan")))
         marker = "*" if summary.is_champion else " "
+        images = "-" if summary.test_images is None else str(summary.test_images)
         print(
-            f"{marker} {summary.version:<24} {accuracy:>13.4f} {loss:>9.4f} {f1:>8.4f}  "
-            f"{shorten(status, 70)}"
+            f"{marker} {summary.version:<24} {accuracy:>13.4f} {loss:>9.4f} {f1:>8.4f} "
+            f"{images:>11}  {shorten(status, 70)}"
         )
     return 0
 

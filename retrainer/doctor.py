@@ -193,12 +193,14 @@ def configured_model(settings: Settings) -> keras.Model:
 
     config = settings.training_config()
     shape = input_shape(PreparationSpec.of(settings))
+    own_compile = None
     if config.backbone == "none":
-        base = build_from_factory(config.model_factory, shape, num_classes=10)
+        built = build_from_factory(config.model_factory, shape, 10, config)
+        base, own_compile = built.model, built.own_compile
     else:
         base = build_transfer_model(config.backbone, None, shape, num_classes=10)
     model = with_augmentation(base, config)
-    compile_model(model, config.learning_rate, config)
+    compile_model(model, config.learning_rate, config, own_compile)
     return model
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from retrainer.records import ChampionRecord, Publication, Work
 from retrainer.registry import ModelRegistry
 from retrainer.settings import TrainingConfig
+from retrainer.user_code import code_identity
 
 
 @functools.cache
 def code_version() -> str:
-    """The image's RETRAINER_GIT_COMMIT, else the checkout's HEAD, else "unknown" (read once)."""
+    """The image's RETRAINER_GIT_COMMIT, else the checkout's HEAD, else "unknown" (read once):
+    where the code came from, for the manifest; the work key uses the code itself."""
     if commit := os.environ.get("RETRAINER_GIT_COMMIT"):
         return commit
     try:
@@ -37,15 +39,26 @@ def code_version() -> str:
 
 
 def identify_work(data_fingerprint: str, config: TrainingConfig) -> Work:
-    """The work of training `config` on this data with this code, and its key."""
-    code = code_version()
+    """The work of training `config` on this data with this code, and its key.
+
+    The code is what shapes the model (the product's Python files, the user's factory and
+    callbacks, TensorFlow's and Keras' versions), not the commit: a commit that changes only the
+    README or the deployment files is the same work, and an operator's rollback of it sticks.
+    """
+    code = code_identity(config.model_factory, config.callbacks)
     identity = {
         "data": data_fingerprint,
         "parameters": config.model_dump(mode="json"),
-        "code": code,
+        "code": code.model_dump(mode="json"),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return Work(key=key, data_fingerprint=data_fingerprint, config=config, code_version=code)
+    return Work(
+        key=key,
+        data_fingerprint=data_fingerprint,
+        config=config,
+        code=code,
+        code_version=code_version(),
+    )
 
 
 def skip_if_unchanged(

@@ -4,22 +4,24 @@ fits (warm-started from the champion when `retrainer.champion` says it fits)."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import keras
+import numpy as np
 
 from retrainer.champion import WarmStart, champion_mismatch, fresh_model_because
 from retrainer.data.image import input_shape
 from retrainer.errors import SettingsError
 from retrainer.records import DataSplit
-from retrainer.settings import TrainingConfig
+from retrainer.settings import DEFAULT_LEARNING_RATE, DEFAULT_MODEL_FACTORY, TrainingConfig
 from retrainer.storage import open_store
+from retrainer.user_code import load_function
 
 logger = logging.getLogger(__name__)
 
@@ -138,34 +140,109 @@ def fetch_backbone_weights(url: str, cache_dir: Path) -> BackboneWeights:
     return path
 
 
-def load_model_factory(spec: str) -> Callable[[tuple[int, int, int], int], keras.Model]:
-    """`package.module:function` -> the function; a clear error if it is not there."""
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise SettingsError(
-            f"RETRAINER_MODEL_FACTORY: '{spec}' must look like package.module:function"
+@dataclass(frozen=True)
+class OwnCompile:
+    """What a compiled factory's model keeps: its optimizer and its loss. Steps per execution and
+    XLA always come from the settings; its metrics are replaced by accuracy, which the gate and
+    the report read."""
+
+    optimizer: keras.optimizers.Optimizer
+    loss: object
+
+    def describe(self, learning_rate: float | None) -> str:
+        rate = (
+            f"learning rate {learning_rate:g} from RETRAINER_LEARNING_RATE"
+            if learning_rate is not None
+            else "its own learning rate (RETRAINER_LEARNING_RATE not set)"
         )
-    try:
-        factory = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise SettingsError(f"RETRAINER_MODEL_FACTORY: cannot load '{spec}': {error}") from None
-    if not callable(factory):
-        raise SettingsError(f"RETRAINER_MODEL_FACTORY: '{spec}' is not a function")
-    return factory
+        optimizer = type(self.optimizer).__name__
+        return f"its optimizer {optimizer} with {rate}, its loss {loss_name(self.loss)}"
+
+
+@dataclass(frozen=True)
+class FactoryModel:
+    """The factory's model as training takes it: probabilities out, and what its compile keeps
+    (None when the factory did not compile it)."""
+
+    model: keras.Model
+    own_compile: OwnCompile | None
+    wrapped_logits: bool
+
+
+def loss_name(loss: object) -> str:
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, keras.losses.Loss):
+        return str(loss.get_config().get("name", type(loss).__name__))
+    return getattr(loss, "__name__", type(loss).__name__)
+
+
+def loss_takes_logits(loss: object) -> bool:
+    return isinstance(loss, keras.losses.Loss) and bool(loss.get_config().get("from_logits"))
+
+
+def loss_wants_one_hot(loss: object) -> bool:
+    name = loss_name(loss)
+    return name in ("categorical_crossentropy", "categorical_focal_crossentropy")
+
+
+def output_kind(model: keras.Model, input_shape: tuple[int, int, int]) -> str:
+    """ "probabilities", "logits" (any value outside [0, 1]) or "unnormalised" (in [0, 1] without
+    summing to 1: a sigmoid head), from the model's answer to four random images of pixels 0-255,
+    the very input training gives it."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, *input_shape), dtype=np.uint8)
+    outputs = np.asarray(keras.ops.convert_to_numpy(model(pixels, training=False)), np.float64)
+    if outputs.min() < -1e-6 or outputs.max() > 1 + 1e-6:
+        return "logits"
+    if not np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3):
+        return "unnormalised"
+    return "probabilities"
+
+
+def with_softmax(model: keras.Model, input_shape: tuple[int, int, int]) -> keras.Model:
+    inputs = keras.Input(shape=input_shape)
+    # float32, as the built-in heads: softmax in float16 loses the small probabilities.
+    outputs = keras.layers.Softmax(dtype="float32", name="probabilities")(model(inputs))
+    return keras.Model(inputs, outputs, name=f"{model.name}_softmax")
+
+
+def check_own_compile(spec: str, model: keras.Model, logits: bool, config: TrainingConfig) -> None:
+    """Refuse a compile that cannot train on class-index labels and probabilities."""
+    setting = "RETRAINER_MODEL_FACTORY"
+    if loss_wants_one_hot(model.loss):
+        raise SettingsError(
+            f"{setting}: {spec} compiles with {loss_name(model.loss)}, which wants one-hot "
+            "labels; labels arrive as class indices: use sparse_categorical_crossentropy"
+        )
+    if loss_takes_logits(model.loss) and not logits:
+        raise SettingsError(
+            f"{setting}: {spec} ends in probabilities but its loss has from_logits=True: "
+            "drop from_logits (or the softmax)"
+        )
+    rate = getattr(model.optimizer, "_learning_rate", None)
+    if config.learning_rate is not None and isinstance(
+        rate, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        raise SettingsError(
+            f"RETRAINER_LEARNING_RATE: {spec}'s optimizer follows a learning-rate schedule, "
+            "which a fixed rate cannot replace: unset RETRAINER_LEARNING_RATE (and "
+            "--learning-rate)"
+        )
 
 
 def build_from_factory(
-    spec: str, input_shape: tuple[int, int, int], num_classes: int
-) -> keras.Model:
+    spec: str, input_shape: tuple[int, int, int], num_classes: int, config: TrainingConfig
+) -> FactoryModel:
     """The factory's model for this input and these classes; SettingsError when it does not fit.
 
     A model whose last layer has another number of units than there are classes would fail
-    later with a graph error, or worse, train and publish outputs that name no class.
+    later with a graph error, or worse, train and publish outputs that name no class. A logits
+    head (the TensorFlow tutorials' `Dense(n)` with `from_logits=True`) gets a softmax on top, so
+    the gate scores, and the served model answers, probabilities; its loss then takes them.
     """
+    factory = load_function("RETRAINER_MODEL_FACTORY", spec)
     try:
-        model = load_model_factory(spec)(input_shape, num_classes)
-    except SettingsError:
-        raise
+        model = factory(input_shape, num_classes)
     except Exception as error:  # the user's code: whatever it raises, say whose it is
         raise SettingsError(
             f"RETRAINER_MODEL_FACTORY: {spec} failed for input {input_shape} and {num_classes} "
@@ -176,10 +253,47 @@ def build_from_factory(
     units = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
     if units != num_classes:
         raise SettingsError(
-            f"RETRAINER_MODEL_FACTORY: {spec} outputs {units} values for {num_classes} classes: "
-            "its last layer must have num_classes units"
+            f"RETRAINER_MODEL_FACTORY: {spec} outputs {units} values for {num_classes} classes "
+            "(the classes listed): its last layer must have num_classes units"
         )
-    return model
+    kind = output_kind(model, input_shape)
+    if kind == "unnormalised":
+        raise SettingsError(
+            f"RETRAINER_MODEL_FACTORY: {spec} outputs values in [0, 1] that do not sum to 1 "
+            "(a sigmoid head?): one class per image needs a softmax (or logits) head"
+        )
+    logits = kind == "logits"
+    own_compile = None
+    if getattr(model, "compiled", False):
+        check_own_compile(spec, model, logits, config)
+        # A logits loss becomes the same loss over the softmax's probabilities.
+        loss = "sparse_categorical_crossentropy" if logits else model.loss
+        own_compile = OwnCompile(optimizer=model.optimizer, loss=loss)
+    if logits:
+        model = with_softmax(model, input_shape)
+    return FactoryModel(model=model, own_compile=own_compile, wrapped_logits=logits)
+
+
+def user_callbacks(spec: str | None) -> list[keras.callbacks.Callback]:
+    """The callbacks RETRAINER_CALLBACKS' function returns (none when unset); SettingsError when
+    it fails or returns anything but a list of Keras callbacks."""
+    if spec is None:
+        return []
+    function = load_function("RETRAINER_CALLBACKS", spec)
+    try:
+        callbacks = function()
+    except Exception as error:  # the user's code: whatever it raises, say whose it is
+        raise SettingsError(
+            f"RETRAINER_CALLBACKS: {spec} failed: {type(error).__name__}: {error}"
+        ) from None
+    if not isinstance(callbacks, list | tuple) or not all(
+        isinstance(callback, keras.callbacks.Callback) for callback in callbacks
+    ):
+        raise SettingsError(
+            f"RETRAINER_CALLBACKS: {spec} must return a list of keras.callbacks.Callback "
+            f"(got {type(callbacks).__name__})"
+        )
+    return list(callbacks)
 
 
 def augmentation_layers(config: TrainingConfig) -> list[keras.layers.Layer]:
@@ -206,22 +320,28 @@ def with_augmentation(model: keras.Model, config: TrainingConfig) -> keras.Model
     x = keras.layers.Rescaling(1.0)(inputs)  # uint8 to float, which the random layers want
     for layer in layers:
         x = layer(x)
-    augmented = keras.Model(inputs, model(x), name=f"augmented_{model.name}")
-    if getattr(model, "compiled", False):
-        # The factory's own optimizer and loss, now for the model that wraps it.
-        augmented.compile(
-            optimizer=model.optimizer,
-            loss=model.loss,
-            metrics=["accuracy"],
-            steps_per_execution=steps_per_execution(config),
-        )
-    return augmented
+    return keras.Model(inputs, model(x), name=f"augmented_{model.name}")
 
 
-def compile_model(model: keras.Model, learning_rate: float, config: TrainingConfig) -> None:
+def compile_model(
+    model: keras.Model,
+    learning_rate: float | None,
+    config: TrainingConfig,
+    own: OwnCompile | None = None,
+) -> None:
+    """Compile for training: Adam at `learning_rate` (the default when None), or a compiled
+    factory's own optimizer and loss, at `learning_rate` when one is set. Steps per execution
+    and XLA are the settings' in both cases."""
+    if own is None:
+        optimizer = keras.optimizers.Adam(learning_rate or DEFAULT_LEARNING_RATE)
+        loss: object = "sparse_categorical_crossentropy"
+    else:
+        optimizer, loss = own.optimizer, own.loss
+        if learning_rate is not None:
+            optimizer.learning_rate = learning_rate
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
+        optimizer=optimizer,
+        loss=loss,
         metrics=["accuracy"],
         jit_compile=config.xla,
         steps_per_execution=steps_per_execution(config),
@@ -265,8 +385,11 @@ def build_model(
     """
     shape = input_shape(split.preprocessing)
     classes = len(split.class_names)
+    own_compile = None
     if config.backbone == "none":
-        base = build_from_factory(config.model_factory, shape, classes)
+        built = build_from_factory(config.model_factory, shape, classes, config)
+        base, own_compile = built.model, built.own_compile
+        say_what_the_factory_gave(config, built)
     elif backbone_weights is None:
         raise SettingsError(f"RETRAINER_BACKBONE={config.backbone}: its weights were not fetched")
     else:
@@ -279,6 +402,25 @@ def build_model(
             started_from = fresh_model_because(mismatch, config.warm_start).description
         else:
             model.set_weights(champion.get_weights())
-    if not getattr(model, "compiled", False):
-        compile_model(model, config.learning_rate, config)
+    compile_model(model, config.learning_rate, config, own_compile)
     return model, started_from
+
+
+def say_what_the_factory_gave(config: TrainingConfig, built: FactoryModel) -> None:
+    if config.model_factory == DEFAULT_MODEL_FACTORY:
+        return
+    if built.wrapped_logits:
+        logger.info(
+            "Model factory %s ends in logits: a softmax is added on top, so the gate scores and "
+            "the served model answers probabilities",
+            config.model_factory,
+        )
+    if built.own_compile is not None:
+        logger.info(
+            "Model factory %s compiled its model: training keeps %s; steps per execution %d and "
+            "XLA %s come from the settings",
+            config.model_factory,
+            built.own_compile.describe(config.learning_rate),
+            config.steps_per_execution,
+            "on" if config.xla else "off",
+        )

@@ -7,6 +7,7 @@ from retrainer.records import PreparationSpec
 from retrainer.settings import DEFAULT_MODEL_FACTORY, Settings
 from retrainer.storage import LocalStore, StoreError, open_store
 from retrainer.tensorflow_runtime import start_tensorflow
+from retrainer.user_code import code_identity
 
 
 def check_location(name: str, url: str, must_exist: bool = False) -> None:
@@ -30,20 +31,24 @@ def check_stores(settings: Settings) -> None:
         raise SettingsError(f"RETRAINER_STORE_URL: {error}") from None
 
 
-def check_model_factory(settings: Settings) -> None:
-    """A user's model factory is imported and built once on the real input size, before any
-    download: a typo or a wrong output layer is a one-line error now, not after preparation.
+def check_user_code(settings: Settings, class_count: int) -> None:
+    """A user's model factory and callbacks, imported and called once on the real input size and
+    the listing's classes, before any download: a typo, a wrong output layer or a compile that
+    cannot train is a one-line error now, not after preparation. It runs after the skip decision,
+    so a night with nothing new never imports TensorFlow for it.
 
     The built-in model is left out: it is tested here, and the check costs TensorFlow's start-up.
     """
-    if settings.model_factory == DEFAULT_MODEL_FACTORY:
+    if settings.model_factory == DEFAULT_MODEL_FACTORY and settings.callbacks is None:
         return
     start_tensorflow(settings.tensorflow_logs)
     from retrainer.data.image import input_shape
-    from retrainer.models import build_from_factory
+    from retrainer.models import build_from_factory, user_callbacks
 
-    shape = input_shape(PreparationSpec.of(settings))
-    build_from_factory(settings.model_factory, shape, num_classes=3)
+    if settings.model_factory != DEFAULT_MODEL_FACTORY:
+        shape = input_shape(PreparationSpec.of(settings))
+        build_from_factory(settings.model_factory, shape, max(class_count, 2), settings)
+    user_callbacks(settings.callbacks)
 
 
 def check_device(settings: Settings) -> None:
@@ -56,7 +61,8 @@ def check_device(settings: Settings) -> None:
 
 
 def check_before_work(settings: Settings) -> None:
-    """Every check that needs no data: the device, the stores, then the model factory."""
+    """Every check that needs neither the data nor TensorFlow's start-up for the user's code: the
+    device, the stores, and that the user's modules are there (found, not imported)."""
     check_device(settings)
     check_stores(settings)
-    check_model_factory(settings)
+    code_identity(settings.model_factory, settings.callbacks)

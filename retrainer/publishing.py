@@ -91,6 +91,7 @@ def build_manifest(
         epochs_run=trained.epochs_run,
         git_commit=work.code_version,
         work_key=work.key,
+        code=work.code,
         packages=package_versions(),
         run_id=run_id,
         started_at=trained.started_at,

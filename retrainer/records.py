@@ -161,6 +161,32 @@ class PreparedData(BaseModel):
         return PreparedIndex.model_validate_json(self.index_path.read_bytes())
 
 
+class CodeIdentity(BaseModel):
+    """The code that shapes a trained model, as `retrainer.user_code` reads it: part of the work
+    key, so a changed model factory trains and a changed README does not."""
+
+    training_code: str = Field(description="sha256 over the product's Python files")
+    model_factory: str = Field(
+        description="the factory's source: a sha256 of its package's Python files, its "
+        "distribution's version when installed, or 'retrainer' for the built-in models"
+    )
+    callbacks: str | None = Field(None, description="the same for RETRAINER_CALLBACKS")
+    tensorflow: str
+    keras: str
+
+    def describe(self) -> str:
+        """`training code 1a2b3c4d5e6f, model factory 9f8e7d6c5b4a, tensorflow==2.21.0, ...`"""
+
+        def short(source: str) -> str:
+            return source.removeprefix("sha256:")[:12]
+
+        parts = [f"training code {short(self.training_code)}"]
+        parts.append(f"model factory {short(self.model_factory)}")
+        if self.callbacks is not None:
+            parts.append(f"callbacks {short(self.callbacks)}")
+        return ", ".join([*parts, self.tensorflow, self.keras])
+
+
 class Work(BaseModel):
     """One training job's identity: the same data, configuration and code give the same key.
 
@@ -170,7 +196,8 @@ class Work(BaseModel):
     key: str
     data_fingerprint: str
     config: TrainingConfig
-    code_version: str
+    code: CodeIdentity
+    code_version: str = Field(description="the commit the code came from, for the manifest")
 
 
 class QuarantinedFile(BaseModel):
@@ -432,6 +459,7 @@ class Manifest(BaseModel):
     epochs_run: int
     git_commit: str
     work_key: str
+    code: CodeIdentity | None = Field(None, description="None for versions from before it")
     packages: dict[str, str]
     run_id: str
     started_at: datetime

@@ -76,12 +76,21 @@ def champion_body(champion: Champion) -> bytes:
     return champion.model_dump_json(indent=2).encode()
 
 
+class Withdrawal(BaseModel):
+    """A version an operator took out of production (a rollback, or another promoted by hand)."""
+
+    reason: str
+    at: datetime
+
+
 class VersionSummary(BaseModel):
     version: str
     metrics: dict[str, float] = Field(default_factory=dict)
     passed: bool | None = None
     reason: str = ""
     is_champion: bool = False
+    withdrawn: Withdrawal | None = None
+    test_images: int | None = Field(None, description="the test split the metrics are from")
 
 
 def version_id(finished_at: datetime, run_id: str) -> str:
@@ -541,13 +550,29 @@ class ModelRegistry:
         for version in self.published_versions():
             metrics = self.read_optional_json(version, "metrics.json")
             decision = self.read_optional_json(version, "decision.json")
+            try:
+                manifest: Manifest | None = self.manifest(version)
+            except RegistryCorrupt:
+                manifest = None  # `verify` names it; the list still shows the version
+            is_champion = champion is not None and champion.version == version
+            # A champion rolled back to is champion, whatever its work's record says.
+            work = (
+                self.read_work_record(manifest.work_key) if manifest and not is_champion else None
+            )
+            withdrawn = (
+                Withdrawal(reason=work.reason, at=work.finished_at)
+                if work is not None and work.status == "withdrawn" and work.version == version
+                else None
+            )
             summaries.append(
                 VersionSummary(
                     version=version,
                     metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
                     passed=decision.get("passed"),
                     reason=str(decision.get("reason", "")),
-                    is_champion=champion is not None and champion.version == version,
+                    is_champion=is_champion,
+                    withdrawn=withdrawn,
+                    test_images=manifest.test_images or None if manifest else None,
                 )
             )
         return summaries

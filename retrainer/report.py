@@ -36,6 +36,16 @@ def skipped_report(skipped: Publication) -> str:
     return f"# `{skipped.model_name}`: {skipped.outcome}\n\n{skipped.message}"
 
 
+def failed_report(model_name: str, problem: str, listed_per_class: dict[str, int] | None) -> str:
+    """A night stopped by something a person must fix: what, and what the listing held."""
+    lines = [f"# `{model_name}`: Failed", "", problem]
+    if listed_per_class is not None:
+        counts = ", ".join(f"{name}: {count}" for name, count in listed_per_class.items())
+        total = sum(listed_per_class.values())
+        lines += ["", f"Listed: {total} file(s) in {len(listed_per_class)} folder(s) ({counts})."]
+    return "\n".join(lines)
+
+
 def _format(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 

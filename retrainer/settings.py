@@ -8,12 +8,15 @@ points it at MinIO, R2 or any other S3-compatible store.
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
+from dotenv import dotenv_values
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,6 +39,9 @@ DEFAULT_MODEL_FACTORY = "retrainer.models:build_default_model"
 MIN_BACKBONE_IMAGE_SIZE = 32
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_FUNCTION_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# The built-in models' and the backbone classifier's Adam learning rate, when none is set.
+DEFAULT_LEARNING_RATE = 3e-3
 
 
 def check_location_url(url: str) -> str:
@@ -70,6 +76,12 @@ def check_model_name(name: str) -> str:
             f"'{name}' is not a model name: use lower-case letters, digits, '.', '_' or '-'"
         )
     return name
+
+
+def check_function_spec(spec: str) -> str:
+    if not _FUNCTION_SPEC.match(spec):
+        raise ValueError(f"'{spec}' must look like package.module:function")
+    return spec
 
 
 def join_url(base: str, key: str) -> str:
@@ -154,7 +166,13 @@ class TrainingConfig(BaseModel):
     epochs: int = Field(30, ge=1, le=1000, description="Training epochs.")
     batch_size: int = Field(32, ge=1, le=4096, description="Images per training batch.")
     image_size: int = Field(32, ge=8, le=1024, description="Images are resized to this square.")
-    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    learning_rate: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description=f"Adam learning rate ({DEFAULT_LEARNING_RATE} when not set); a compiled "
+        "model factory keeps its own optimizer and its rate unless this is set.",
+    )
     validation_fraction: float = Field(
         0.15,
         gt=0.0,
@@ -170,7 +188,13 @@ class TrainingConfig(BaseModel):
     seed: int = Field(42, ge=0, description="Random seed, for repeatable runs.")
     model_factory: str = Field(
         DEFAULT_MODEL_FACTORY,
-        description="`module:function` returning a Keras model for (input shape, classes).",
+        description="`module:function` returning a Keras model for (input shape, classes): "
+        "see 'Your own model' in the README.",
+    )
+    callbacks: str | None = Field(
+        None,
+        description="`module:function` returning a list of Keras callbacks that `fit` calls "
+        "too (a metrics logger, a learning-rate schedule).",
     )
     backbone: Literal["none", "mobilenet_v3_small", "efficientnet_v2_b0"] = Field(
         "none",
@@ -256,6 +280,11 @@ class TrainingConfig(BaseModel):
                 f"{self.test_fraction})"
             )
         return self
+
+    @field_validator("model_factory", "callbacks")
+    @classmethod
+    def _function_spec(cls, value: str | None) -> str | None:
+        return None if value is None else check_function_spec(value)
 
     @field_validator("backbone_weights")
     @classmethod
@@ -503,8 +532,52 @@ def describe_validation_error(
     return "\n".join(lines)
 
 
+# Variables with the prefix that are not settings: the deployment's pull step (flows/pull.py), the
+# image (deploy/Dockerfile) and `make deploy` read them.
+NOT_SETTINGS = {
+    "RETRAINER_GIT_URL",
+    "RETRAINER_GIT_REF",
+    "RETRAINER_GIT_COMMIT",
+    "RETRAINER_CODE_DIR",
+    "RETRAINER_WORK_POOL",
+}
+
+
+def variable_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]:
+    """Every variable that sets a field of `model`, nested ones spelled with `__`."""
+    names = set()
+    for name, field in model.model_fields.items():
+        variable = prefix + name.upper()
+        names.add(variable)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names |= variable_names(field.annotation, variable + "__")
+    return names
+
+
+def unknown_variables(given: dict[str, str | None], source: str) -> list[str]:
+    """One line per `RETRAINER_*` name in `given` that sets nothing, naming the closest setting:
+    a typo must not leave a gate at its default in silence."""
+    known = variable_names(Settings) | NOT_SETTINGS
+    lines = []
+    for name in sorted(given):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        closest = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.6)
+        hint = f": did you mean {closest[0]}?" if closest else ""
+        lines.append(f"{name} (in {source}) is not a setting{hint}")
+    return lines
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read and validate the settings; bad values raise SettingsError with readable lines."""
+    """Read and validate the settings; bad values, and `RETRAINER_*` names that are no setting,
+    raise SettingsError with readable lines."""
+    env_file = Path(str(Settings.model_config.get("env_file")))
+    problems = unknown_variables(dict(os.environ), "the environment")
+    if env_file.is_file():
+        problems += unknown_variables(dotenv_values(env_file), str(env_file))
+    if problems:
+        raise SettingsError("\n".join(problems))
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:

@@ -32,9 +32,9 @@ from retrainer.data.inputs import fits_in_memory, input_fn, input_rate
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
 from retrainer.layout import HISTORY_FILE, RunFolder
-from retrainer.models import BackboneWeights, build_model, start_fine_tuning
+from retrainer.models import BackboneWeights, build_model, start_fine_tuning, user_callbacks
 from retrainer.records import DataSplit, TrainedModel
-from retrainer.settings import TrainingConfig
+from retrainer.settings import DEFAULT_LEARNING_RATE, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,13 @@ def train_model(
             config, split, warm_start or WarmStart("a fresh model"), backbone_weights
         )
 
+    callbacks = user_callbacks(config.callbacks)
+    if callbacks:
+        logger.info(
+            "Your callbacks (%s): %s",
+            config.callbacks,
+            ", ".join(type(callback).__name__ for callback in callbacks),
+        )
     resumed_from, history = resume(mirror, config)
     # The batch size is per replica: the strategy splits each global batch between them.
     batches = split.model_copy(
@@ -162,6 +169,7 @@ def train_model(
             MirrorCheckpoint(mirror),
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False, profile_batch=0),
+            *callbacks,
         ],
         early_stopping_patience=config.early_stopping_patience,
         out_of_memory=f"training on {', '.join(plan.devices)} ran out of memory with batches of "
@@ -262,7 +270,7 @@ def say_how_training_goes(
             "backbone (learning rate %g), then %d fine-tune the backbone too (learning rate %g)",
             config.backbone,
             config.epochs,
-            config.learning_rate,
+            config.learning_rate or DEFAULT_LEARNING_RATE,
             config.fine_tune_epochs,
             config.fine_tune_learning_rate,
         )

@@ -19,7 +19,7 @@ from tasks.runtime import run_folder
 @task(name="identify work")
 def identify(snapshot: DataSnapshot, settings: Settings) -> Work:
     work = identify_work(snapshot.fingerprint, settings.training_config())
-    get_run_logger().info("Work %s (code %s)", work.key[:12], work.code_version[:12])
+    get_run_logger().info("Work %s (%s)", work.key[:12], work.code.describe())
     return work
 
 

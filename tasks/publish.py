@@ -1,17 +1,22 @@
-"""The publish task: upload the version, promote it if it passed, and report the run."""
+"""The publish task: upload the version, promote it if it passed, and report the run; and the
+report of a night that stopped on something a person must fix."""
 
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from retrainer.checkpoints import checkpoint_mirror
+from retrainer.data.validation import class_of
 from retrainer.events import model_event, model_resource
 from retrainer.publishing import publish_version
 from retrainer.records import (
     ChampionRecord,
+    DataSnapshot,
     DataSplit,
     GateDecision,
     Publication,
@@ -19,7 +24,7 @@ from retrainer.records import (
     ValidatedData,
     Work,
 )
-from retrainer.report import artifact_key, run_report
+from retrainer.report import artifact_key, failed_report, run_report
 from retrainer.settings import Settings
 from tasks.lease import model_registry
 from tasks.retries import io_task
@@ -62,3 +67,16 @@ def publish(
     # Everything of this run is in the store now; its local files would only fill the disk.
     shutil.rmtree(run_folder(settings).root, ignore_errors=True)
     return publication
+
+
+@task(name="report failed run")
+def report_failed(problem: str, model_name: str, snapshot: DataSnapshot | None) -> None:
+    """The report artifact of a night that stopped on a mistake: what to fix, what was listed."""
+    per_class = None
+    if snapshot is not None:
+        per_class = dict(sorted(Counter(class_of(o.key) for o in snapshot.read_listing()).items()))
+    create_markdown_artifact(
+        markdown=failed_report(model_name, problem, per_class),
+        key=artifact_key(model_name),
+        description="Run report: Failed",
+    )

@@ -3,6 +3,8 @@ or writes a store."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -37,3 +39,39 @@ def io_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
         retry_delay_seconds=IO_RETRY_DELAYS,
         retry_condition_fn=retry_unless_bad_input,
     )
+
+
+def mistake_names() -> set[str]:
+    """The class names of BadInput and every subclass, as Prefect's state messages name them."""
+    names, kinds = set(), [BadInput]
+    while kinds:
+        kind = kinds.pop()
+        names.add(kind.__name__)
+        kinds.extend(kind.__subclasses__())
+    return names
+
+
+class MistakesInOneLine(logging.Filter):
+    """A mistake (BadInput) reaches the log once, as the flow's "Stopped: ..." line, without the
+    tracebacks Prefect's engines add: a person reads what to fix, not where Python was. Anything
+    else (an outage, a bug) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadInput):
+            return False  # the task's or the flow's own report of it: the flow says it once
+        # A task's "Finished in state Failed('Task run encountered an exception DataError: ...')"
+        # carries no exception, only its name.
+        ended = re.match(
+            r"Finished in state Failed\('Task run encountered an exception (\w+):",
+            record.getMessage(),
+        )
+        return not (ended and ended.group(1) in mistake_names())
+
+
+def say_mistakes_once() -> None:
+    """Install MistakesInOneLine on Prefect's run loggers (once per process)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MistakesInOneLine) for f in logger.filters):
+            logger.addFilter(MistakesInOneLine())

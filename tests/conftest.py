@@ -114,7 +114,7 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # A folder every pytest worker of this run shares (the controller makes it before they start).
-SHARED_FOLDER = "RETRAINER_TESTS_SHARED_FOLDER"
+SHARED_FOLDER = "TEST_SHARED_FOLDER"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -250,6 +250,7 @@ def publish_stub_version(
         class_names=class_names,
         train_images=0,
         validation_images=0,
+        test_images=len(version) * 10,
         parameters={},
         device="test",
         started_from="a fresh model",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -187,28 +189,40 @@ def test_models_as_a_table_and_as_json(
     assert listed[1]["metrics"]["test_accuracy"] == 0.8
 
 
-@pytest.mark.parametrize(
-    ("factory", "words"),
-    [
-        ("tests.user_models:five_outputs", "outputs 5 values for 3 classes"),
-        ("tests.user_modles:tiny_cnn", "cannot load 'tests.user_modles:tiny_cnn'"),
-    ],
-)
-def test_a_model_factory_that_cannot_serve_is_refused_before_any_download(
-    capsys: pytest.CaptureFixture[str],
-    isolated_settings: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    factory: str,
-    words: str,
+def test_a_model_factory_that_is_not_there_is_refused_before_the_run_starts(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = write_files(isolated_settings / "images", digit_images(classes=2, per_class=10))
     monkeypatch.setenv("RETRAINER_DATA_URL", str(data))
-    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", factory)
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_modles:tiny_cnn")
     code, _, err = run_cli(capsys, "run")
     assert code == 2
     assert_one_line_error(err, "RETRAINER_MODEL_FACTORY")
-    assert words in err
+    assert "cannot find module 'tests.user_modles'" in err
     assert not (isolated_settings / ".retrainer" / "cache").exists(), "data was fetched"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_a_factory_that_cannot_serve_stops_the_night_before_any_download_said_once(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = write_files(isolated_settings / "images", digit_images(classes=2, per_class=10))
+    monkeypatch.setenv("RETRAINER_DATA_URL", str(data))
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:five_outputs")
+    code, out, err = run_cli(capsys, "run", "--json")
+    assert code == 2
+    night = json.loads(out)
+    problem = (
+        "RETRAINER_MODEL_FACTORY: tests.user_models:five_outputs outputs 5 values for 2 "
+        "classes (the classes listed): its last layer must have num_classes units"
+    )
+    assert night["state"] == "Failed" and night["message"] == problem
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "| ERROR" in line]
+    assert errors and errors[0].endswith(f"Stopped: {problem}"), err
+    assert not list((isolated_settings / ".retrainer" / "cache").rglob("*.tfrecord"))
+    assert not list((isolated_settings / ".retrainer" / "store").rglob("*.tfrecord"))
 
 
 def test_credentials_in_a_url_are_refused_and_never_echoed(
@@ -337,6 +351,16 @@ def test_promote_and_rollback_from_the_cli_move_the_champion_and_say_who_and_why
     assert main(["rollback", "--reason", "regression"]) == 0
     champion, _ = registry.read_champion()
     assert champion is not None and champion.version == "v1"
+
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    (v2_row,) = [line for line in capsys.readouterr().out.splitlines() if " v2 " in line]
+    today = f"{datetime.now(UTC):%Y-%m-%d}"
+    assert re.search(rf" 20  withdrawn {today}: rolled back by .*: regression$", v2_row), v2_row
+    assert main(["models", "--json"]) == 0
+    listed = {row["version"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed["v2"]["withdrawn"]["reason"].endswith(": regression")
+    assert listed["v2"]["test_images"] == 20 and listed["v1"]["withdrawn"] is None
 
     assert main(["promote", "nope", "--reason", "x"]) == 1
     assert "not fully published" in capsys.readouterr().err

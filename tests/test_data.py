@@ -28,7 +28,7 @@ from retrainer.data.local import prepare_here
 from retrainer.data.preparation import CHUNK_OBJECTS, mark_reader, unmark_reader
 from retrainer.data.shards import ShardCorrupt, fetch_shards, shard_key
 from retrainer.data.splits import read_split, split_data, subset_of
-from retrainer.data.validation import compare_class_sets, validate_data
+from retrainer.data.validation import class_change_of, validate_data
 from retrainer.errors import DataError
 from retrainer.gc import collect_garbage
 from retrainer.layout import PREPARED_INDEX, LocalCache, RunFolder
@@ -354,12 +354,29 @@ def test_one_class_or_a_small_class_stops_the_run(tmp_path: Path) -> None:
         validate_data(small, tmp_path / "usable.json", 5, 0.1)
 
 
-def test_class_set_change_fails_loudly_by_default_or_is_reported() -> None:
-    with pytest.raises(DataError, match=r"new \['fox'\], missing \['dog'\]"):
-        compare_class_sets(["cat", "fox"], ["cat", "dog"], "fail")
-    change = compare_class_sets(["cat", "dog", "fox"], ["cat", "dog"], "retrain")
-    assert change is not None and "new ['fox']" in change
-    assert compare_class_sets(["cat"], None, "fail") is None
+def test_class_set_change_is_described_or_none() -> None:
+    change = class_change_of(["cat", "fox"], ["cat", "dog"])
+    assert change is not None and "new ['fox'], missing ['dog']" in change
+    assert class_change_of(["cat"], None) is None
+    assert class_change_of(["cat", "dog"], ["cat", "dog"]) is None
+
+
+def test_a_new_small_class_is_one_error_naming_every_problem(tmp_path: Path) -> None:
+    files = {
+        **digit_images(2, 10),
+        **{f"2/{i}.png": digit_images(3, 2)[f"2/00{i}.png"] for i in range(2)},
+    }
+    prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
+    with pytest.raises(DataError) as raised:
+        validate_data(prepared, tmp_path / "usable.json", 5, 0.1, champion_classes=["0", "1"])
+    message = str(raised.value)
+    assert "fewer than 5 images: 2 (2, a new class)" in message
+    assert "new ['2'], missing none" in message and "RETRAINER_ON_CLASS_CHANGE=retrain" in message
+    assert "\n" not in message
+    retrained = validate_data(
+        prepared, tmp_path / "usable.json", 2, 0.1, ["0", "1"], on_class_change="retrain"
+    )
+    assert retrained.class_change is not None and "new ['2']" in retrained.class_change
 
 
 def test_an_image_never_changes_split_as_the_dataset_grows(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -364,3 +365,45 @@ def test_the_flow_takes_exactly_the_run_parameters_with_their_form_fields() -> N
         shown = {key: value for key, value in field.items() if key not in ("title", "position")}
         assert shown == {key: value for key, value in parameters[name].items() if key != "title"}
         assert "anyOf" not in shown, f"{name} would show as a None-or-value switch"
+
+
+@pytest.mark.slow
+def test_a_factory_copied_as_the_user_image_does_is_found_built_and_keyed_on_a_worker(
+    tmp_path: Path,
+) -> None:
+    """deploy/Dockerfile.user-model's COPY and ENV, replayed in a folder: a fresh Python on the
+    worker's environment finds the user's package, builds its factory and loads its callbacks."""
+    dockerfile = (REPOSITORY / "deploy" / "Dockerfile.user-model").read_text()
+    copied = re.search(r"^COPY (\S+) (\S+)$", dockerfile, re.MULTILINE)
+    assert copied is not None
+    image = tmp_path / "image"
+    destination = image / copied[2].lstrip("/")
+    shutil.copytree(REPOSITORY / "examples" / copied[1], destination)
+    variables = dict(re.findall(r"(\w+)=(\S+)", dockerfile.split("\nENV ", 1)[1]))
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        **{name: value for name, value in variables.items() if name.startswith("RETRAINER_")},
+        "PYTHONPATH": str(image / variables["PYTHONPATH"].lstrip("/")),
+    }
+    check = (
+        "from retrainer.settings import load_settings\n"
+        "from retrainer.preflight import check_user_code\n"
+        "from retrainer.user_code import code_identity\n"
+        "settings = load_settings()\n"
+        "print(code_identity(settings.model_factory, settings.callbacks).model_factory)\n"
+        "check_user_code(settings, 3)\n"
+        "print('checked', settings.model_factory, settings.callbacks)\n"
+    )
+    answer = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert answer.returncode == 0, answer.stderr
+    first, last = answer.stdout.strip().splitlines()[-2:]
+    assert first.startswith("sha256:")
+    assert last == "checked my_models.factories:compiled_cnn my_models.callbacks:nightly"

@@ -40,6 +40,7 @@ from retrainer.freshness import identify_work
 from retrainer.lease import ModelLease
 from retrainer.records import Publication
 from retrainer.registry import ModelRegistry
+from retrainer.report import artifact_key
 from retrainer.serving import SERVING_SIGNATURE
 from retrainer.settings import TrainingConfig, load_settings
 from retrainer.storage import LocalStore, ObjectStore, S3Store
@@ -326,6 +327,9 @@ def test_bad_data_fails_the_run_at_once_with_its_message(
     (validate_run,) = [run for run in task_runs if run.name.startswith("validate data")]
     assert validate_run.run_count == 1, "bad data was retried"
     assert not (tmp_path / "store" / "models").exists()
+    (report,) = artifacts_of([flow_run_id], artifact_key("demo"))
+    assert str(report.data).startswith("# `demo`: Failed\n\nfound 1 class folder(s)")
+    assert f"Listed: {len(one_class)} file(s) in 1 folder(s) (0: {len(one_class)})." in report.data
 
     capsys.readouterr()
     assert main(["run", "--json"]) == 1  # what a script reads of a failed night

@@ -7,7 +7,7 @@ After every step the store must still tell the truth: what TF Serving serves is 
 byte for byte; the champion's history ends with it; no rolled-back work comes back unforced;
 a night that should finish does.
 
-`RETRAINER_MONTHS_SEED=<n>` replays one sequence; the seed is printed and named in every failure.
+`TEST_MONTHS_SEED=<n>` replays one sequence; the seed is printed and named in every failure.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ONE_EPOCH = RetrainParameters(epochs=1)
 FORCED = ONE_EPOCH.model_copy(update={"force": True})
 LEASE_SECONDS = 10
 # Read at import: every test runs without RETRAINER_ variables (conftest's isolated_settings).
-REPLAYED_SEED = os.environ.get("RETRAINER_MONTHS_SEED")
+REPLAYED_SEED = os.environ.get("TEST_MONTHS_SEED")
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Months:
         print(f"[seed {self.seed}] step {len(self.log)}: {step}")
 
     def context(self) -> str:
-        return f"seed {self.seed} (RETRAINER_MONTHS_SEED), steps: {self.log}"
+        return f"seed {self.seed} (TEST_MONTHS_SEED), steps: {self.log}"
 
     def upload(self, files: dict[str, bytes]) -> None:
         client = boto3.client("s3")

@@ -253,7 +253,8 @@ def test_rolled_back_and_demoted_work_is_withdrawn_with_the_operators_reason(
 ) -> None:
     from retrainer.freshness import skip_if_unchanged
     from retrainer.records import Work
-    from retrainer.settings import TrainingConfig
+    from retrainer.settings import DEFAULT_MODEL_FACTORY, TrainingConfig
+    from retrainer.user_code import code_identity
 
     registry = ModelRegistry(store, "m")
     publish_passed(registry, "v1", "v2", "v3")
@@ -264,7 +265,13 @@ def test_rolled_back_and_demoted_work_is_withdrawn_with_the_operators_reason(
     )
 
     def night(work_key: str) -> str | None:
-        work = Work(key=work_key, data_fingerprint="f", config=TrainingConfig(), code_version="c")
+        work = Work(
+            key=work_key,
+            data_fingerprint="f",
+            config=TrainingConfig(),
+            code=code_identity(DEFAULT_MODEL_FACTORY, None),
+            code_version="c",
+        )
         skipped = skip_if_unchanged(registry, registry.read_champion_record(), work)
         return skipped.message if skipped else None
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from retrainer.errors import SettingsError
@@ -96,6 +98,7 @@ def test_every_training_setting_and_any_new_one_enters_the_work_key() -> None:
         "test_fraction": 0.25,
         "seed": 7,
         "model_factory": "tests.user_models:tiny_cnn",
+        "callbacks": "tests.user_models:epoch_file_writer",
         "warm_start": "never",
         "mixed_precision": "on",
         "xla": True,
@@ -137,7 +140,41 @@ def test_run_parameters_take_their_bounds_from_the_settings_they_override() -> N
     settings = TrainingConfig.model_json_schema()["properties"]
     for name in ("epochs", "batch_size", "learning_rate"):
         given = parameters[name]
-        expected = {key: value for key, value in settings[name].items() if key in bounds}
+        # A setting that may be left unset (learning_rate) has its type and bounds in anyOf.
+        setting = next(iter(settings[name].get("anyOf", [])), settings[name])
+        expected = {key: value for key, value in setting.items() if key in bounds}
         assert expected and {key: given[key] for key in given if key in bounds} == expected, name
-        assert given["type"] == settings[name]["type"], name
+        assert given["type"] == setting["type"], name
         assert given["description"].startswith(settings[name]["description"].rstrip(".")), name
+
+
+def test_a_misspelt_setting_in_the_environment_is_refused_naming_the_real_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RETRAINER_GATE__ACCURACY__TRESHOLD", "0.9")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "RETRAINER_GATE__ACCURACY__TRESHOLD (in the environment) is not a setting: did you mean "
+        "RETRAINER_GATE__ACCURACY__THRESHOLD?"
+    )
+
+
+def test_a_misspelt_setting_in_dot_env_is_refused_naming_the_real_one(
+    isolated_settings: Path,
+) -> None:
+    (isolated_settings / ".env").write_text("RETRAINER_EPOCH=5\nRETRAINER_BATCH_SIZE=8\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "RETRAINER_EPOCH (in .env) is not a setting: did you mean RETRAINER_EPOCHS?"
+    )
+
+
+def test_the_deployment_variables_beside_the_settings_are_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("RETRAINER_GIT_URL", "RETRAINER_CODE_DIR", "RETRAINER_WORK_POOL"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("RETRAINER_GATE__MACRO_F1__THRESHOLD", "0.5")
+    assert load_settings().gate.macro_f1.threshold == 0.5

@@ -151,6 +151,37 @@ def test_a_user_model_factory_outside_the_package_trains_and_publishes(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
+def test_a_logits_factory_serves_probabilities_and_user_callbacks_run_every_epoch(
+    small_run: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    epochs_file = tmp_path / "epochs.txt"
+    monkeypatch.setenv("USER_CALLBACK_FILE", str(epochs_file))
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:logits_cnn")
+    monkeypatch.setenv("RETRAINER_CALLBACKS", "tests.user_models:epoch_file_writer")
+    outcome = retrain()
+    assert outcome.promoted
+    store = LocalStore(small_run)
+    manifest = champion_manifest(store)
+    assert manifest["parameters"]["callbacks"] == "tests.user_models:epoch_file_writer"
+    assert str(manifest["code"]["callbacks"]).startswith("sha256:")
+    history = json.loads(store.get(f"models/demo/versions/{outcome.version}/history.json"))
+    lines = epochs_file.read_text().splitlines()
+    assert [int(line.split()[0]) for line in lines] == [1, 2, 3]
+    assert [float(line.split()[1]) for line in lines] == pytest.approx(history["loss"], abs=1e-5)
+    # Probabilities, as the gate scored them and a server gets them: not logits.
+    metrics = json.loads(store.get(f"models/demo/versions/{outcome.version}/metrics.json"))
+    assert 0.05 < metrics["test_loss"] < 5
+    from retrainer.registry import ModelRegistry
+    from retrainer.serving import download_serving_model, predict_files
+
+    saved = download_serving_model(ModelRegistry(store, "demo"), outcome.version, tmp_path)
+    images = sorted((small_run.parent / "images").rglob("*.png"))[:3]
+    for prediction in predict_files(saved, images):
+        assert prediction.class_name is not None and 0 < prediction.probability <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
 def test_nan_loss_is_rejected_with_its_reason_and_the_champion_stays(
     small_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,7 +301,7 @@ def start_run(env: dict[str, str]) -> subprocess.Popen[str]:
 def test_sigkills_on_a_worker_and_on_a_cold_one_end_in_one_complete_history(
     bucket: str, tmp_path: Path, prefect_api_url: str
 ) -> None:
-    seed = int(os.environ.get("RETRAINER_KILL_SEED", random.randrange(1 << 30)))
+    seed = int(os.environ.get("TEST_KILL_SEED", random.randrange(1 << 30)))
     env = killable_run_env(bucket, tmp_path, prefect_api_url, epochs=6)
     env["RETRAINER_EARLY_STOPPING_PATIENCE"] = "0"
     env["RETRAINER_LOG_LEVEL"] = "DEBUG"  # every checkpoint line, not only the first

@@ -28,27 +28,61 @@ from retrainer.storage import write_atomically
 logger = logging.getLogger(__name__)
 
 
-def compare_class_sets(
-    class_names: list[str], champion_classes: list[str] | None, policy: str
-) -> str | None:
-    """None if the classes match the champion's; else what changed, or DataError if policy=fail."""
+def class_change_of(class_names: list[str], champion_classes: list[str] | None) -> str | None:
+    """None if the classes match the champion's (or there is none); else what changed."""
     if champion_classes is None or class_names == champion_classes:
         return None
     added = sorted(set(class_names) - set(champion_classes))
     missing = sorted(set(champion_classes) - set(class_names))
-    change = (
+    return (
         f"the classes differ from the champion's: new {added or 'none'}, "
         f"missing {missing or 'none'}"
     )
-    if policy == "fail":
-        raise DataError(
-            f"{change}; fix the data, or set RETRAINER_ON_CLASS_CHANGE=retrain to train a new model"
-        )
-    return change
 
 
 def class_of(key: str) -> str:
     return key.split("/", 1)[0]
+
+
+def data_problems(
+    counts: Counter[str],
+    quarantined: int,
+    checked: int,
+    source_url: str,
+    class_change: str | None,
+    known_classes: set[str],
+    min_images_per_class: int,
+    max_quarantined_fraction: float,
+) -> list[str]:
+    """What stops these images from training, each with what to fix; empty when they can."""
+    problems = []
+    if checked and quarantined / checked > max_quarantined_fraction:
+        problems.append(
+            f"{quarantined} of {checked} files are unusable, more than the allowed "
+            f"{max_quarantined_fraction:.0%}: fix the data or raise "
+            "RETRAINER_MAX_QUARANTINED_FRACTION"
+        )
+    if len(counts) < 2:
+        problems.append(
+            f"found {len(counts)} class folder(s) in {source_url}: a classifier needs at least "
+            "two, one sub-folder of images per class"
+        )
+    too_small = {name: count for name, count in counts.items() if count < min_images_per_class}
+    if too_small:
+        listed = ", ".join(
+            f"{name} ({count}{', a new class' if name not in known_classes else ''})"
+            for name, count in sorted(too_small.items())
+        )
+        problems.append(
+            f"classes with fewer than {min_images_per_class} images: {listed}; add images or "
+            "lower RETRAINER_MIN_IMAGES_PER_CLASS"
+        )
+    if class_change:
+        problems.append(
+            f"{class_change}; fix the data, or set RETRAINER_ON_CLASS_CHANGE=retrain to train a "
+            "new model"
+        )
+    return problems
 
 
 def validate_data(
@@ -111,30 +145,21 @@ def validate_data(
 
     for item in quarantined:
         logger.warning("Quarantined %s: %s", item.path, item.reason)
-    checked = len(index.objects)
-    if checked and len(quarantined) / checked > max_quarantined_fraction:
-        raise DataError(
-            f"{len(quarantined)} of {checked} files are unusable, more than the allowed "
-            f"{max_quarantined_fraction:.0%}: fix the data or raise "
-            "RETRAINER_MAX_QUARANTINED_FRACTION"
-        )
-
     counts = Counter(class_of(key) for key in usable)
     class_names = sorted(counts)
-    if len(class_names) < 2:
-        raise DataError(
-            f"found {len(class_names)} class folder(s) in {prepared.snapshot.source_url}: "
-            "a classifier needs at least two, one sub-folder of images per class"
-        )
-    too_small = {name: count for name, count in counts.items() if count < min_images_per_class}
-    if too_small:
-        listed = ", ".join(f"{name} ({count})" for name, count in sorted(too_small.items()))
-        raise DataError(
-            f"classes with fewer than {min_images_per_class} images: {listed}; add images or "
-            "lower RETRAINER_MIN_IMAGES_PER_CLASS"
-        )
-
-    class_change = compare_class_sets(class_names, champion_classes, on_class_change)
+    class_change = class_change_of(class_names, champion_classes)
+    if problems := data_problems(
+        counts,
+        len(quarantined),
+        len(index.objects),
+        prepared.snapshot.source_url,
+        class_change if on_class_change == "fail" else None,
+        set(champion_classes or class_names),
+        min_images_per_class,
+        max_quarantined_fraction,
+    ):
+        # Every problem at once: fixing one must not reveal the next a night later.
+        raise DataError("; ".join(problems))
     if class_change:
         logger.warning("%s: training a new model", class_change.capitalize())
 
