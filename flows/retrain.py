@@ -15,12 +15,14 @@ from flows.prepare import prepare_dataset, task_runner_for
 from retrainer.errors import BadInput, SettingsError, redact
 from retrainer.records import DataSnapshot, Publication
 from retrainer.settings import (
+    BackboneParameter,
     BatchSizeParameter,
     DataUrlParameter,
     EpochsParameter,
     ForceParameter,
     LearningRateParameter,
     MinAccuracyParameter,
+    ModelFactoryParameter,
     ModelNameParameter,
     RetrainParameters,
     Settings,
@@ -87,6 +89,8 @@ def retrain(
     batch_size: BatchSizeParameter = None,
     learning_rate: LearningRateParameter = None,
     min_accuracy: MinAccuracyParameter = None,
+    model_factory: ModelFactoryParameter = None,
+    backbone: BackboneParameter = None,
     force: ForceParameter = False,
 ) -> State[Publication]:
     """Retrain the classifier on the latest data and promote it only if it passes the gate.
@@ -98,12 +102,21 @@ def retrain(
         batch_size=batch_size,
         learning_rate=learning_rate,
         min_accuracy=min_accuracy,
+        model_factory=model_factory,
+        backbone=backbone,
         force=force,
     )
     snapshot: DataSnapshot | None = None
     try:
-        settings = load_settings().with_parameters(parameters)
+        worker_settings = load_settings()
+        settings = worker_settings.with_parameters(parameters)
         logging.getLogger(retrainer.__name__).setLevel(settings.log_level)
+        if settings.model_choice != worker_settings.model_choice:
+            get_run_logger().info(
+                "This run trains %s (its parameters), in place of the worker's %s",
+                settings.model_choice,
+                worker_settings.model_choice,
+            )
         preflight(settings)
         with model_lease(settings):
             # Decided from one listing, before any image is downloaded or TensorFlow is imported.

@@ -51,7 +51,9 @@ def add_parameter_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option_name(name), action="store_true", help=shown["description"])
             continue
         kind = OPTION_TYPES[shown["type"]]
-        parser.add_argument(option_name(name), type=kind, help=shown["description"])
+        parser.add_argument(
+            option_name(name), type=kind, choices=shown.get("enum"), help=shown["description"]
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

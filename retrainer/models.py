@@ -187,9 +187,17 @@ def loss_wants_one_hot(loss: object) -> bool:
 
 
 def output_kind(model: keras.Model, input_shape: tuple[int, int, int]) -> str:
-    """ "probabilities", "logits" (any value outside [0, 1]) or "unnormalised" (in [0, 1] without
-    summing to 1: a sigmoid head), from the model's answer to four random images of pixels 0-255,
-    the very input training gives it."""
+    """ "probabilities", "logits" or "unnormalised" (a sigmoid head): from the last layer's
+    activation when it has one Keras names, else from the model's answer to four random images of
+    pixels 0-255 (the input training gives it). A freshly initialised logits head may well answer
+    inside [0, 1], so the answer decides only what the layer does not say."""
+    last = model.layers[-1] if model.layers else None
+    if isinstance(last, keras.layers.Softmax):
+        return "probabilities"
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    named = {"softmax": "probabilities", "linear": "logits", "sigmoid": "unnormalised"}
+    if activation in named:
+        return named[activation]
     pixels = np.random.default_rng(0).integers(0, 256, size=(4, *input_shape), dtype=np.uint8)
     outputs = np.asarray(keras.ops.convert_to_numpy(model(pixels, training=False)), np.float64)
     if outputs.min() < -1e-6 or outputs.max() > 1 + 1e-6:
@@ -294,6 +302,19 @@ def user_callbacks(spec: str | None) -> list[keras.callbacks.Callback]:
             f"(got {type(callbacks).__name__})"
         )
     return list(callbacks)
+
+
+def describe_model(config: TrainingConfig) -> str:
+    """Which model a run trains, for its report."""
+    if config.backbone != "none":
+        return (
+            f"{config.backbone} backbone (weights {config.backbone_weights}) under a new "
+            f"classifier: {config.epochs} epoch(s) frozen, then {config.fine_tune_epochs} "
+            "fine-tuning"
+        )
+    if config.model_factory == DEFAULT_MODEL_FACTORY:
+        return "the built-in CNN"
+    return f"model factory {config.model_factory}"
 
 
 def augmentation_layers(config: TrainingConfig) -> list[keras.layers.Layer]:

@@ -286,6 +286,7 @@ class TrainedModel(BaseModel):
     history_path: Path
     tensorboard_dir: Path
     device: str
+    model_description: str = Field("", description="which model: built-in, factory or backbone")
     started_from: str = Field(description="the champion it was warm-started from, or a fresh model")
     resumed_from_epoch: int = Field(0, description="epochs restored from a checkpoint")
     epochs_run: int

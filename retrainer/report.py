@@ -100,19 +100,41 @@ def checks_table(decision: GateDecision) -> list[str]:
     return lines
 
 
-# Said once under the table, so that its cells stay short enough for the page.
-EVIDENCE_IN_WORDS = (
-    "*Is it real?* Accuracy and recall: McNemar's test on the images only one of the two models "
-    "got right (*38 vs 0 images*: only the candidate got 38 right, only the champion none). "
-    "Macro F1 and loss: the range 95% of bootstrap resamples of the test images fall in. *Could "
-    "be chance*: a difference that size comes from luck alone more than 5% of the time."
-)
+def evidence_in_words(decision: GateDecision) -> str:
+    """How to read "is it real?", said once under the table with this run's own numbers; nothing
+    when there is no champion to compare with."""
+    mcnemar = next(
+        (test for test in decision.paired_tests if test.method == "mcnemar" and test.discordant),
+        None,
+    )
+    if not decision.paired_tests:
+        return ""
+    example = ""
+    if mcnemar is not None and mcnemar.discordant is not None:
+        only_candidate, only_champion = mcnemar.discordant
+        example = (
+            f" (for {mcnemar.metric} here, *{only_candidate} vs {only_champion} images*: only the "
+            f"candidate got {only_candidate} right, only the champion {only_champion})"
+        )
+    return (
+        "*Is it real?* Accuracy and recall: McNemar's test on the images only one of the two "
+        f"models got right{example}. Macro F1 and loss: the range 95% of bootstrap resamples of "
+        "the test images fall in. *Could be chance*: a difference that size comes from luck alone "
+        "more than 5% of the time."
+    )
 
 
 def training_lines(trained: TrainedModel, stage_seconds: dict[str, float]) -> list[str]:
     """How training went, in the order a person asks: where, from what, how long, how far."""
     if trained.diverged:
         ending = f"diverged: {trained.diverged}"
+    elif trained.kept_epoch <= 1 < trained.epochs_run:
+        # Nothing after the first epoch helped: not convergence, and for a warm start perhaps no
+        # gain over the champion it started from (the gate compares the two).
+        ending = (
+            f"no epoch after the first improved val_loss in {trained.epochs_run}: the first "
+            "epoch's weights are kept"
+        )
     elif trained.stopped_early:
         ending = "converged: early stopping ended it, val_loss no longer improved"
     elif trained.still_improving:
@@ -142,6 +164,7 @@ def training_lines(trained: TrainedModel, stage_seconds: dict[str, float]) -> li
     )
     stages = ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in stage_seconds.items())
     facts = {
+        "Model": trained.model_description or "-",
         "Device": trained.device,
         "Started from": trained.started_from,
         "Epochs": f"{trained.epochs_run} run{resumed}; the weights of epoch {trained.kept_epoch} "
@@ -181,7 +204,7 @@ def run_report(
         f"Copies of one photograph: {decision.copies}." if decision.copies else "",
         *metrics_table(decision),
         "",
-        EVIDENCE_IN_WORDS,
+        evidence_in_words(decision),
         "",
         validation_line(decision),
         "",

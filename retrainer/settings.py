@@ -418,13 +418,31 @@ class Settings(TrainingConfig, BaseSettings):
         )
 
     def with_parameters(self, parameters: RetrainParameters) -> Settings:
-        """These settings, with every parameter a run was given in their place."""
+        """These settings, with every parameter a run was given in their place. A model chosen
+        for one run (a factory or a backbone) replaces the settings' choice of either, so an
+        experiment needs no edit of the worker's settings."""
         given = parameters.model_dump(exclude_none=True, exclude={"min_accuracy", "force"})
+        if given.get("backbone", "none") != "none":
+            given.setdefault("model_factory", DEFAULT_MODEL_FACTORY)
+        if "model_factory" in given:
+            given.setdefault("backbone", "none")
         gate = self.gate
         if parameters.min_accuracy is not None:
             accuracy = gate.accuracy.model_copy(update={"threshold": parameters.min_accuracy})
             gate = gate.model_copy(update={"accuracy": accuracy})
-        return self.model_copy(update={**given, "gate": gate})
+        chosen = self.model_copy(update={**given, "gate": gate})
+        try:  # the rules across settings (a backbone needs its weights) hold for the mix too
+            chosen.training_config()
+        except ValidationError as error:
+            raise SettingsError(describe_validation_error(error)) from None
+        return chosen
+
+    @property
+    def model_choice(self) -> str:
+        """`backbone mobilenet_v3_small` or `model factory my_models.factories:cnn`."""
+        if self.backbone != "none":
+            return f"backbone {self.backbone}"
+        return f"model factory {self.model_factory}"
 
 
 BOUND_WORDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
@@ -454,6 +472,8 @@ EPOCHS = TrainingConfig.model_fields["epochs"]
 BATCH_SIZE = TrainingConfig.model_fields["batch_size"]
 LEARNING_RATE = TrainingConfig.model_fields["learning_rate"]
 MIN_ACCURACY = AccuracyRule.model_fields["threshold"]
+MODEL_FACTORY = TrainingConfig.model_fields["model_factory"]
+BACKBONE = TrainingConfig.model_fields["backbone"]
 
 # The run parameters' types: the flow's signature and RetrainParameters share them, so the form,
 # the server's check of a deployment run, the flow's own check and the CLI agree.
@@ -488,6 +508,17 @@ MinAccuracyParameter = Annotated[
     *MIN_ACCURACY.metadata,
     shown_as_setting(float, MIN_ACCURACY, "RETRAINER_GATE__ACCURACY__THRESHOLD"),
 ]
+ModelFactoryParameter = Annotated[
+    str | None,
+    unless_none(check_function_spec),
+    shown_as_setting(str, MODEL_FACTORY, "RETRAINER_MODEL_FACTORY"),
+]
+BackboneParameter = Annotated[
+    Literal["none", "mobilenet_v3_small", "efficientnet_v2_b0"] | None,
+    shown_as_setting(
+        Literal["none", "mobilenet_v3_small", "efficientnet_v2_b0"], BACKBONE, "RETRAINER_BACKBONE"
+    ),
+]
 ForceParameter = Annotated[
     bool,
     WithJsonSchema(
@@ -508,6 +539,8 @@ class RetrainParameters(BaseModel):
     batch_size: BatchSizeParameter = None
     learning_rate: LearningRateParameter = None
     min_accuracy: MinAccuracyParameter = None
+    model_factory: ModelFactoryParameter = None
+    backbone: BackboneParameter = None
     force: ForceParameter = False
 
 

@@ -355,7 +355,44 @@ class S3Store(ObjectStore):
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
+    def endpoint_named(self) -> str:
+        """The endpoint as the user set it: `AWS_ENDPOINT_URL=...` (redacted), else the URL."""
+        endpoint = redact(str(self.client.meta.endpoint_url))
+        for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(variable):
+                return f"{variable}={redact(os.environ[variable])}"
+        return endpoint
+
+    def check_reachable(self) -> None:
+        """A wrong port, host or scheme in the endpoint is said within seconds, naming it: the
+        full retries (a minute of backoff) are for outages, not for a typo."""
+        quick = boto3.session.Session().client(
+            "s3",
+            config=s3_client_config().merge(
+                Config(
+                    retries={"mode": "standard", "total_max_attempts": 2},
+                    connect_timeout=3,
+                    read_timeout=10,
+                )
+            ),
+        )
+        try:
+            quick.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except botocore.exceptions.SSLError as error:
+            raise StoreError(
+                f"TLS with the S3 endpoint {self.endpoint_named()} failed (is it http://, not "
+                f"https://?): {redact(str(error))[:200]}"
+            ) from None
+        except botocore.exceptions.EndpointConnectionError:
+            raise StoreError(
+                f"cannot connect to the S3 endpoint {self.endpoint_named()}: check its host and "
+                "port (nothing answers there)"
+            ) from None
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            pass  # anything else is judged by the full check, with every retry
+
     def check(self) -> None:
+        self.check_reachable()
         try:
             # A one-key listing of our own prefix, not HeadBucket: a least-privilege policy grants
             # s3:ListBucket only under the prefixes this job uses.

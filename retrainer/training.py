@@ -32,7 +32,13 @@ from retrainer.data.inputs import fits_in_memory, input_fn, input_rate
 from retrainer.devices import DevicePlan, detect_devices, strategy_for
 from retrainer.errors import BadInput
 from retrainer.layout import HISTORY_FILE, RunFolder
-from retrainer.models import BackboneWeights, build_model, start_fine_tuning, user_callbacks
+from retrainer.models import (
+    BackboneWeights,
+    build_model,
+    describe_model,
+    start_fine_tuning,
+    user_callbacks,
+)
 from retrainer.records import DataSplit, TrainedModel
 from retrainer.settings import DEFAULT_LEARNING_RATE, TrainingConfig
 
@@ -206,6 +212,7 @@ def train_model(
         run,
         config,
         plan.description,
+        describe_model(config),
         started_from,
         resumed_from,
         started_at,
@@ -351,6 +358,7 @@ def outcome(
     run: RunFolder,
     config: TrainingConfig,
     device: str,
+    model_description: str,
     started_from: str,
     resumed_from: int,
     started_at: datetime,
@@ -378,6 +386,7 @@ def outcome(
         history_path=run.history,
         tensorboard_dir=run.tensorboard,
         device=device,
+        model_description=model_description,
         started_from=started_from,
         resumed_from_epoch=resumed_from,
         epochs_run=epochs_run,

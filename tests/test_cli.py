@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -205,7 +207,10 @@ def test_a_model_factory_that_is_not_there_is_refused_before_the_run_starts(
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_api")
 def test_a_factory_that_cannot_serve_stops_the_night_before_any_download_said_once(
-    capsys: pytest.CaptureFixture[str], isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    isolated_settings: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = write_files(isolated_settings / "images", digit_images(classes=2, per_class=10))
     monkeypatch.setenv("RETRAINER_DATA_URL", str(data))
@@ -219,8 +224,9 @@ def test_a_factory_that_cannot_serve_stops_the_night_before_any_download_said_on
     )
     assert night["state"] == "Failed" and night["message"] == problem
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if "| ERROR" in line]
-    assert errors and errors[0].endswith(f"Stopped: {problem}"), err
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [record.getMessage() for record in errors] == [f"Stopped: {problem}"]
+    assert not any(record.exc_info for record in caplog.records)
     assert not list((isolated_settings / ".retrainer" / "cache").rglob("*.tfrecord"))
     assert not list((isolated_settings / ".retrainer" / "store").rglob("*.tfrecord"))
 
@@ -246,6 +252,32 @@ def test_an_endpoint_with_a_password_is_redacted_when_it_cannot_be_reached(
     assert code == 2
     assert_one_line_error(err, "RETRAINER_STORE_URL")
     assert "hunter2" not in err and "http://***@127.0.0.1:9" in err
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "words"),
+    [
+        ("http://127.0.0.1:9", "check its host and port"),  # the wrong port
+        ("https://{host}", "is it http://, not https://?"),  # TLS to a plain-HTTP endpoint
+    ],
+)
+def test_an_endpoint_mistake_is_one_line_naming_aws_endpoint_url_within_seconds(
+    capsys: pytest.CaptureFixture[str],
+    bucket: str,
+    s3_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str,
+    words: str,
+) -> None:
+    wrong = endpoint.format(host=s3_env.removeprefix("http://"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", wrong)
+    monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/x")
+    started = time.monotonic()
+    code, _, err = run_cli(capsys, "run")
+    assert time.monotonic() - started < 15  # not the minute of retries an outage gets
+    assert code == 2
+    assert_one_line_error(err, "RETRAINER_STORE_URL")
+    assert f"AWS_ENDPOINT_URL={wrong}" in err and words in err
 
 
 @pytest.mark.parametrize("bucket_name", ["My_Bucket", "ab", "-leading", "a" * 64])

@@ -34,6 +34,11 @@ def test_a_logits_head_gets_a_softmax_and_its_loss_takes_probabilities() -> None
     assert factory_model.own_compile.loss == "sparse_categorical_crossentropy"
 
 
+def test_a_logits_head_whose_first_answers_look_like_probabilities_is_still_logits() -> None:
+    factory_model, _ = built("small_logits")
+    assert factory_model.wrapped_logits
+
+
 def test_a_softmax_head_is_taken_as_it_is() -> None:
     factory_model, _ = built("tiny_cnn")
     assert not factory_model.wrapped_logits

@@ -22,7 +22,7 @@ from retrainer.records import (
     RefusedObject,
 )
 from retrainer.registry import ModelRegistry
-from retrainer.report import EVIDENCE_IN_WORDS, run_report, training_lines
+from retrainer.report import run_report, training_lines
 from retrainer.settings import GateSettings
 from retrainer.significance import paired_tests
 from retrainer.storage import LocalStore
@@ -122,7 +122,10 @@ def test_the_run_report_opens_with_the_outcome_once_then_training_comparison_dat
     assert "- **Seconds per stage:** list data 0, prepare dataset 12, train model 61" in report
     assert "| accuracy | 0.9500 | 0.8500 | +0.1000 | better, not chance (" in report
     assert "| recall[dog] |" in report and "(95%: " in report
-    assert EVIDENCE_IN_WORDS in report
+    (accuracy,) = [test for test in decision.paired_tests if test.metric == "accuracy"]
+    assert accuracy.discordant is not None
+    only_candidate, only_champion = accuracy.discordant
+    assert f"*{only_candidate} vs {only_champion} images*: only the candidate got" in report
     assert "On validation, where early stopping chose it, the candidate scored accuracy" in report
     assert "130 training, 30 validation and 40 test images" in report
     assert "- `dog/broken.jpg`: does not decode" in report
@@ -144,6 +147,40 @@ def test_the_report_says_when_training_waited_for_its_input() -> None:
     fed = held.model_copy(update={"input_images_per_second": 8000.0})
     (line,) = [line for line in training_lines(fed, {}) if "**Input:**" in line]
     assert "waited" not in line
+
+
+def test_the_explanation_of_the_evidence_uses_this_runs_numbers_or_none() -> None:
+    from retrainer.report import evidence_in_words
+
+    decision = a_decision()
+    assert decision.paired_tests
+    first = next(test for test in decision.paired_tests if test.discordant)
+    changed = first.model_copy(update={"discordant": (7, 3)})
+    tests = [changed if test is first else test for test in decision.paired_tests]
+    words = evidence_in_words(decision.model_copy(update={"paired_tests": tests}))
+    assert "*7 vs 3 images*: only the candidate got 7 right, only the champion 3" in words
+    assert evidence_in_words(decision.model_copy(update={"paired_tests": []})) == ""
+
+
+def test_a_run_whose_first_epoch_stayed_best_is_not_said_to_converge() -> None:
+    trained = records.trained_model(epochs_run=11, kept_epoch=1, stopped_early=True)
+    (row,) = [line for line in training_lines(trained, {}) if "How it ended" in line]
+    assert "converged" not in row
+    assert "no epoch after the first improved val_loss in 11" in row
+
+
+def test_the_report_names_the_model_and_a_backbones_weights() -> None:
+    from retrainer.models import describe_model
+    from retrainer.settings import TrainingConfig
+
+    config = TrainingConfig(
+        backbone="mobilenet_v3_small",
+        backbone_weights="s3://weights-bucket/mnv3.weights.h5",
+        image_size=64,
+    )
+    trained = records.trained_model(model_description=describe_model(config))
+    (row,) = [line for line in training_lines(trained, {}) if "**Model:**" in line]
+    assert "mobilenet_v3_small backbone (weights s3://weights-bucket/mnv3.weights.h5)" in row
 
 
 def test_a_model_still_improving_at_its_last_epoch_is_reported_as_such() -> None:

@@ -178,3 +178,31 @@ def test_the_deployment_variables_beside_the_settings_are_not_refused(
         monkeypatch.setenv(name, "x")
     monkeypatch.setenv("RETRAINER_GATE__MACRO_F1__THRESHOLD", "0.5")
     assert load_settings().gate.macro_f1.threshold == 0.5
+
+
+def test_a_run_parameter_chooses_a_backbone_in_place_of_the_settings_factory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:tiny_cnn")
+    monkeypatch.setenv("RETRAINER_BACKBONE_WEIGHTS", "imagenet")
+    worker = load_settings()
+    experiment = worker.with_parameters(RetrainParameters(backbone="mobilenet_v3_small"))
+    assert experiment.model_choice == "backbone mobilenet_v3_small"
+    assert experiment.model_factory == "retrainer.models:build_default_model"
+    assert worker.model_choice == "model factory tests.user_models:tiny_cnn"
+
+
+def test_a_run_parameter_chooses_a_factory_in_place_of_the_settings_backbone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RETRAINER_BACKBONE", "efficientnet_v2_b0")
+    monkeypatch.setenv("RETRAINER_BACKBONE_WEIGHTS", "imagenet")
+    experiment = load_settings().with_parameters(
+        RetrainParameters(model_factory="tests.user_models:tiny_cnn")
+    )
+    assert experiment.model_choice == "model factory tests.user_models:tiny_cnn"
+
+
+def test_a_backbone_chosen_for_one_run_still_needs_its_weights() -> None:
+    with pytest.raises(SettingsError, match="needs RETRAINER_BACKBONE_WEIGHTS"):
+        load_settings().with_parameters(RetrainParameters(backbone="mobilenet_v3_small"))

@@ -87,6 +87,16 @@ def logits_cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Mod
     return model
 
 
+def small_logits(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A logits head whose first answers all lie in [0, 1] (0.2 each), as a fresh one may."""
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1.0 / 255)(inputs))
+    head = keras.layers.Dense(
+        num_classes, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(0.2)
+    )
+    return keras.Model(inputs, head(x))
+
+
 def sigmoid_head(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """A multi-label head: each output in [0, 1] on its own."""
     inputs = keras.Input(shape=input_shape)
