@@ -9,6 +9,7 @@ points it at MinIO, R2 or any other S3-compatible store.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -32,6 +33,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrainer.errors import SettingsError, redact
 from retrainer.layout import DEMO_DATA, LocalCache
+
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "RETRAINER_"
 DEFAULT_MODEL_FACTORY = "retrainer.models:build_default_model"
@@ -565,6 +568,7 @@ def describe_validation_error(
     return "\n".join(lines)
 
 
+MODEL_CHOICES = ("RETRAINER_MODEL_FACTORY", "RETRAINER_BACKBONE")
 # Variables with the prefix that are not settings: the deployment's pull step (flows/pull.py), the
 # image (deploy/Dockerfile) and `make deploy` read them.
 NOT_SETTINGS = {
@@ -602,15 +606,53 @@ def unknown_variables(given: dict[str, str | None], source: str) -> list[str]:
     return lines
 
 
+def chooses_model(variables: dict[str, str | None]) -> set[str]:
+    """Which of RETRAINER_MODEL_FACTORY and RETRAINER_BACKBONE these variables set."""
+    chosen = {name: (variables.get(name) or "").strip() for name in MODEL_CHOICES}
+    return {name for name, value in chosen.items() if value and value != "none"}
+
+
+def environment_over_env_file(
+    environment: dict[str, str | None], env_file: dict[str, str | None], env_file_name: str
+) -> dict[str, object]:
+    """The environment's choice of model wins over the other choice in .env: a job variable
+    (RETRAINER_BACKBONE for one deployment) need not edit the worker's .env. Both in one place
+    is still refused by the settings. Said once in the log."""
+    in_environment, in_file = chooses_model(environment), chooses_model(env_file)
+    if len(in_environment) != 1 or not (in_file - in_environment):
+        return {}
+    (winner,), (loser,) = in_environment, in_file - in_environment
+    say_once(
+        f"{winner} from the environment chooses the model; {loser} in {env_file_name} is set aside"
+    )
+    return (
+        {"model_factory": DEFAULT_MODEL_FACTORY}
+        if loser == MODEL_CHOICES[0]
+        else {"backbone": "none"}
+    )
+
+
+_said: set[str] = set()
+
+
+def say_once(line: str) -> None:
+    """Settings are read several times a run (flow, tasks, CLI): a note about them, once."""
+    if line not in _said:
+        _said.add(line)
+        logger.info(line)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate the settings; bad values, and `RETRAINER_*` names that are no setting,
     raise SettingsError with readable lines."""
     env_file = Path(str(Settings.model_config.get("env_file")))
-    problems = unknown_variables(dict(os.environ), "the environment")
-    if env_file.is_file():
-        problems += unknown_variables(dotenv_values(env_file), str(env_file))
+    environment: dict[str, str | None] = dict(os.environ)
+    in_file = dotenv_values(env_file) if env_file.is_file() else {}
+    problems = unknown_variables(environment, "the environment")
+    problems += unknown_variables(in_file, str(env_file))
     if problems:
         raise SettingsError("\n".join(problems))
+    overrides = {**environment_over_env_file(environment, in_file, str(env_file)), **overrides}
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,39 @@ def test_a_run_parameter_chooses_a_factory_in_place_of_the_settings_backbone(
 def test_a_backbone_chosen_for_one_run_still_needs_its_weights() -> None:
     with pytest.raises(SettingsError, match="needs RETRAINER_BACKBONE_WEIGHTS"):
         load_settings().with_parameters(RetrainParameters(backbone="mobilenet_v3_small"))
+
+
+def test_a_job_variables_backbone_wins_over_the_factory_in_dot_env_and_says_so(
+    isolated_settings: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (isolated_settings / ".env").write_text("RETRAINER_MODEL_FACTORY=tests.user_models:tiny_cnn\n")
+    monkeypatch.setenv("RETRAINER_BACKBONE", "mobilenet_v3_small")
+    monkeypatch.setenv("RETRAINER_BACKBONE_WEIGHTS", "imagenet")
+    monkeypatch.setenv("RETRAINER_IMAGE_SIZE", "64")
+    with caplog.at_level(logging.INFO, logger="retrainer.settings"):
+        settings = load_settings()
+    assert settings.model_choice == "backbone mobilenet_v3_small"
+    assert (
+        "RETRAINER_BACKBONE from the environment chooses the model; RETRAINER_MODEL_FACTORY in "
+        ".env is set aside"
+    ) in caplog.text
+
+
+def test_a_job_variables_factory_wins_over_the_backbone_in_dot_env(
+    isolated_settings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (isolated_settings / ".env").write_text(
+        "RETRAINER_BACKBONE=mobilenet_v3_small\nRETRAINER_BACKBONE_WEIGHTS=imagenet\n"
+    )
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:tiny_cnn")
+    assert load_settings().model_choice == "model factory tests.user_models:tiny_cnn"
+
+
+def test_a_factory_and_a_backbone_in_the_same_place_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RETRAINER_MODEL_FACTORY", "tests.user_models:tiny_cnn")
+    monkeypatch.setenv("RETRAINER_BACKBONE", "mobilenet_v3_small")
+    monkeypatch.setenv("RETRAINER_BACKBONE_WEIGHTS", "imagenet")
+    with pytest.raises(SettingsError, match="both choose the model"):
+        load_settings()
