@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import traceback
 from datetime import timedelta
@@ -490,9 +491,22 @@ def make_pipeline_importable() -> None:
         sys.path.append(str(BUNDLED_PIPELINE))  # after the checkout's own, which wins
 
 
+# Prefect's ephemeral API waits 20 s by default; on a busy machine (a load of 4x the cores) it
+# timed out in six runs out of six, and 120 s let every one start (FACTS).
+EPHEMERAL_STARTUP = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+EPHEMERAL_STARTUP_SECONDS = "120"
+
+
+def ephemeral_api_timed_out(error: Exception) -> bool:
+    return isinstance(error, RuntimeError) and str(error).startswith(
+        "Timed out while attempting to connect to ephemeral Prefect API server"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     make_pipeline_importable()
+    os.environ.setdefault(EPHEMERAL_STARTUP, EPHEMERAL_STARTUP_SECONDS)
     try:
         return int(arguments.handler(load_settings(), arguments))
     except SettingsError as error:
@@ -501,11 +515,26 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, PromotionConflict, LeaseHeld) as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
-    except Exception as error:  # an outage or a bug: the whole story, but never a credential
-        trace = "".join(traceback.format_exception(error))
-        print(redact(trace), file=sys.stderr, end="")
-        print(f"error: {redact(f'{type(error).__name__}: {error}')}", file=sys.stderr)
+    except Exception as error:
+        if not ephemeral_api_timed_out(error):
+            return unexpected(error)
+        problem = (
+            f"Prefect's temporary API did not start within {os.environ[EPHEMERAL_STARTUP]} s on "
+            f"this machine: raise {EPHEMERAL_STARTUP}, or start a server (prefect server start) "
+            "and point PREFECT_API_URL at it"
+        )
+        if getattr(arguments, "json", False):
+            print(json.dumps({"state": "Failed", "message": problem}, indent=2))
+        print(f"error: {problem}", file=sys.stderr)
         return 1
+
+
+def unexpected(error: Exception) -> int:
+    """An outage or a bug: the whole story, but never a credential."""
+    trace = "".join(traceback.format_exception(error))
+    print(redact(trace), file=sys.stderr, end="")
+    print(f"error: {redact(f'{type(error).__name__}: {error}')}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -396,3 +399,32 @@ def test_promote_and_rollback_from_the_cli_move_the_champion_and_say_who_and_why
 
     assert main(["promote", "nope", "--reason", "x"]) == 1
     assert "not fully published" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_temporary_api_that_does_not_start_in_time_is_one_line_and_a_json_object(
+    isolated_settings: Path,
+) -> None:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PREFECT_API", "RETRAINER_"))
+    }
+    environment["PREFECT_HOME"] = str(isolated_settings / "prefect")
+    environment["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "1"
+    data = write_files(isolated_settings / "images", digit_images(classes=2, per_class=5))
+    environment["RETRAINER_DATA_URL"] = str(data)
+    answer = subprocess.run(
+        [sys.executable, "-m", "retrainer.cli", "run", "--json"],
+        cwd=isolated_settings,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert answer.returncode == 1
+    night = json.loads(answer.stdout)
+    assert night["state"] == "Failed" and "did not start within 1 s" in night["message"]
+    (said,) = [line for line in answer.stderr.splitlines() if line.startswith("error: ")]
+    assert said.startswith("error: Prefect's temporary API did not start within 1 s")
+    assert "Traceback" not in answer.stderr
