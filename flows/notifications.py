@@ -21,9 +21,14 @@ REJECTED_AUTOMATION = "retrainer: a candidate model was rejected"
 def notification_automations(block_document_id: object) -> list[Automation]:
     failed = Automation(
         name=FAILED_AUTOMATION,
-        description="A run of the retrain flow ended Failed or Crashed.",
+        description="A run of the retrain flow ended Failed, Crashed or TimedOut.",
         trigger=EventTrigger(
-            expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+            # A run stopped at RETRAINER_FLOW_TIMEOUT_HOURS ends TimedOut, a state of its own.
+            expect={
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Crashed",
+                "prefect.flow-run.TimedOut",
+            },
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": FLOW_NAME},
             posture="Reactive",

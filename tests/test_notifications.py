@@ -120,3 +120,32 @@ def test_serve_registers_the_nightly_schedule(prefect_api_url: str, tmp_path: Pa
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(30)
+
+
+def test_a_night_that_hits_its_timeout_is_notified(
+    webhook: tuple[str, list[dict[str, object]]],
+) -> None:
+    from prefect import flow
+
+    url, received = webhook
+    CustomWebhookNotificationBlock(
+        name="timeouts", url=url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
+    ).save("test-timeouts", overwrite=True)
+    assert main(["notify", "--block", "custom-webhook/test-timeouts"]) == 0
+
+    # The automation follows the flow's name: a night that outlives RETRAINER_FLOW_TIMEOUT_HOURS.
+    @flow(name="retrain", timeout_seconds=1)
+    def hung_night() -> None:
+        time.sleep(5)
+
+    state = hung_night(return_state=True)
+    assert state.name == "TimedOut"
+    with get_client(sync_client=True) as client:
+        run_name = client.read_flow_run(state.state_details.flow_run_id).name
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(run_name in str(message["body"]) for message in received):
+            break
+        time.sleep(0.5)
+    (sent,) = [message for message in received if run_name in str(message["body"])]
+    assert "ended TimedOut" in str(sent["body"])
