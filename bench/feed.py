@@ -69,7 +69,7 @@ def input_rates(work: Path, count: int, size: int) -> dict[str, float]:
     images = write_tree(work / "images", distinct_images(count, size))
     split = split_here(str(images), str(work / "store"), work / "work", config, 5, 0.0)
     memory, _ = in_memory_dataset(split, "train")
-    shards = read_split(split).shards
+    shards = read_split(split).shards["train"]
     bare = tf.data.TFRecordDataset(shards).batch(32).prefetch(tf.data.AUTOTUNE)
     return {
         "input_fn": images_per_second(input_fn(split, "train", shuffle=True)),

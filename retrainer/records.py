@@ -51,7 +51,8 @@ class DataSnapshot(BaseModel):
 
 
 # Raise when the checks, the decoding or the shard format change: everything is prepared again.
-PREPARATION_VERSION = 1
+# 2: records placed in shards by their split position, not in listing (class) order.
+PREPARATION_VERSION = 2
 
 
 class PreparationSpec(BaseModel):

@@ -211,9 +211,10 @@ def _current_umask() -> int:
 FILE_MODE = 0o666 & ~_current_umask()
 
 
-def write_atomically(destination: Path, data: bytes) -> None:
-    """Write to a temporary file beside `destination`, then rename it into place."""
-    write_stream_atomically(destination, lambda file: file.write(data))
+def write_atomically(destination: Path, data: bytes, modified_after_ns: int | None = None) -> None:
+    """Write to a temporary file beside `destination`, then rename it into place (with a
+    modification time after `modified_after_ns`, when given)."""
+    write_stream_atomically(destination, lambda file: file.write(data), modified_after_ns)
 
 
 def copy_file_atomically(source: Path, destination: Path) -> None:
@@ -222,7 +223,9 @@ def copy_file_atomically(source: Path, destination: Path) -> None:
         write_stream_atomically(destination, lambda file: shutil.copyfileobj(reader, file, 1 << 20))
 
 
-def write_stream_atomically(destination: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_stream_atomically(
+    destination: Path, write: Callable[[BinaryIO], object], modified_after_ns: int | None = None
+) -> None:
     """`write` fills a temporary file beside `destination`; it then replaces it in one rename."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-")
@@ -232,14 +235,42 @@ def write_stream_atomically(destination: Path, write: Callable[[BinaryIO], objec
             file.flush()
             os.fsync(file.fileno())
         os.chmod(temporary, FILE_MODE)
+        if modified_after_ns is not None:
+            make_modified_after(temporary, modified_after_ns)
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
 
 
+def make_modified_after(path: str, mtime_ns: int) -> None:
+    """Move the file's modification time past `mtime_ns` if the clock has not: a file system
+    keeps times to its own tick (a second or two on some), so the step grows until it holds."""
+    step = 1
+    while (stat := os.stat(path)).st_mtime_ns <= mtime_ns:
+        os.utime(path, ns=(stat.st_atime_ns, mtime_ns + step))
+        step *= 1000
+
+
+def change_token(stat: os.stat_result) -> str:
+    """A local file's ETag: its inode, size and times, not its bytes (see LocalStore)."""
+    identity = f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}-{stat.st_ctime_ns}"
+    return hashlib.md5(identity.encode(), usedforsecurity=False).hexdigest()
+
+
 class LocalStore(ObjectStore):
-    """A folder on disk with object-store semantics; the embedded default."""
+    """A folder on disk with object-store semantics; the embedded default.
+
+    An object's ETag is a change token from `stat` (inode, size, modification and change times),
+    not its content's MD5: listing 10^6 photos or a folder of 150 MB shards is then a walk, not a
+    read of every byte. It changes whenever the bytes do: every write here is a new file (a new
+    inode) renamed into place with a modification time later than the one it replaces, so even
+    a reused inode within one timestamp tick of a coarse file system (NFS, SMB) never repeats a
+    token the champion pointer's compare-and-swap could mistake; an edit in place by another
+    program changes the change time, which no user can set back. What it trusts: the file
+    system's inodes and times. What it costs: a copy of the folder (rsync, a restored backup)
+    gets new tokens, so its photos are prepared once again.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()
@@ -248,13 +279,6 @@ class LocalStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    @staticmethod
-    def _etag(path: Path) -> str:
-        # The content's MD5, as S3 gives for a plain PUT: size and modification time would miss
-        # a rewrite within one timestamp tick (NFS and SMB keep coarse times), and the
-        # compare-and-swap of the champion pointer would then overwrite a concurrent promotion.
-        return md5_of_file(path)
-
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a folder")
@@ -262,37 +286,44 @@ class LocalStore(ObjectStore):
             raise StoreError(f"folder {self.root} is not writable")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Walk only the folder the prefix points into, not the whole store.
+        # Walk only the folder the prefix points into, not the whole store: one stat a file.
         start = self.root / check_key(prefix.rsplit("/", 1)[0]) if "/" in prefix else self.root
         if not start.is_dir():
             return
-        paths = sorted(
-            path
-            for path in start.rglob("*")
-            if path.is_file() and not path.name.startswith((".tmp-", ".lock-"))
-        )
         real_root = self.root.resolve()
-        for path in paths:
-            key = path.relative_to(self.root).as_posix()
+        for key, entry in sorted(self._files_under(start), key=lambda item: item[0]):
             if not key.startswith(prefix):
                 continue
-            if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            if entry.is_symlink() and not Path(entry.path).resolve().is_relative_to(real_root):
                 # Copying it would copy whatever it points to (/etc/passwd, another dataset).
                 yield ObjectInfo(key, 0, "", refused="a symbolic link out of the folder")
                 continue
-            yield self._info(key, path)
+            yield self._info(key, entry.stat())
+
+    def _files_under(self, folder: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """Every file below `folder` with its key (links to folders are not followed), but the
+        temporary files and locks of writes."""
+        root = len(str(self.root)) + 1
+        pending = [str(folder)]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif entry.is_file() and not entry.name.startswith((".tmp-", ".lock-")):
+                        yield entry.path[root:], entry
 
     def head(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
         if not path.is_file():
             return None
         # The folder's times and this clock are the same machine's (or its file server's).
-        return replace(self._info(key, path), store_now=datetime.now(UTC))
+        return replace(self._info(key, path.stat()), store_now=datetime.now(UTC))
 
-    def _info(self, key: str, path: Path) -> ObjectInfo:
-        stat = path.stat()
+    @staticmethod
+    def _info(key: str, stat: os.stat_result) -> ObjectInfo:
         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-        return ObjectInfo(key=key, size=stat.st_size, etag=self._etag(path), modified=modified)
+        return ObjectInfo(key=key, size=stat.st_size, etag=change_token(stat), modified=modified)
 
     def remove_partials(self, older_than: datetime, dry_run: bool) -> tuple[str, ...]:
         """Temporary files of writes that never finished (a killed process), older than that."""
@@ -317,7 +348,17 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(self.describe(key)) from None
 
     def put(self, key: str, data: bytes) -> None:
-        write_atomically(self._path(key), data)
+        self._replace(self._path(key), data)
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        """Write `data` to `path`: a new file, modified after the one it replaces (its token is
+        then new, see the class)."""
+        try:
+            replaced: int | None = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            replaced = None
+        write_atomically(path, data, replaced)
 
     def upload(self, key: str, source: Path) -> None:
         copy_file_atomically(source, self._path(key))
@@ -337,7 +378,7 @@ class LocalStore(ObjectStore):
             if current_etag != expected_etag:
                 # Same answer as S3Store gives a repeated write of identical bytes.
                 return current is not None and path.read_bytes() == data
-            write_atomically(path, data)
+            self._replace(path, data)
             return True
 
 
@@ -606,15 +647,8 @@ def open_store(url: str) -> ObjectStore:
 
 
 def sha256_of_file(path: Path) -> str:
-    return _digest_of_file(path, hashlib.sha256())
-
-
-def md5_of_file(path: Path) -> str:
-    return _digest_of_file(path, hashlib.md5(usedforsecurity=False))
-
-
-def _digest_of_file(path: Path, digest: Any) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
-    return str(digest.hexdigest())
+    return digest.hexdigest()

@@ -24,7 +24,7 @@ from PIL import Image
 
 from retrainer.data.inputs import fits_in_memory, input_fn, input_rate
 from retrainer.data.listing import list_data
-from retrainer.data.local import prepare_here
+from retrainer.data.local import prepare_here, split_here
 from retrainer.data.preparation import CHUNK_OBJECTS, mark_reader, unmark_reader
 from retrainer.data.shards import ShardCorrupt, fetch_shards, shard_key
 from retrainer.data.splits import read_split, split_data, subset_of
@@ -482,7 +482,7 @@ def test_a_shard_that_lost_records_fails_the_input_loudly(tmp_path: Path) -> Non
     folder = write_files(tmp_path / "data", digit_images(classes=2, per_class=20))
     data = validate_data(prepared_of(folder, tmp_path), tmp_path / "usable.json", 5, 0.1)
     data_split = split_of(data, tmp_path, 0.2, 0.2)
-    (shard,) = read_split(data_split).shards
+    (shard,) = read_split(data_split).shards["train"]
     Path(shard).write_bytes(b"")  # every record gone (its copy on disk damaged)
     for budget in (1 << 30, 0):
         with pytest.raises((ValueError, tf.errors.OpError)):
@@ -497,3 +497,51 @@ def test_a_step_with_nothing_to_do_shows_as_done_not_stuck_at_zero() -> None:
     seen: list[tuple[int, int]] = []
     Progress("Downloading shards", 0, logging.getLogger("test"), lambda *done: seen.append(done))
     assert seen == [(0, 0)]
+
+
+def noise_images(classes: int, per_class: int, size: int) -> dict[str, bytes]:
+    """Distinct random PNGs as `<class>/<n>.png`: listed class by class, as a store lists them."""
+    rng = np.random.default_rng(0)
+    files: dict[str, bytes] = {}
+    for label in range(classes):
+        for index in range(per_class):
+            buffer = io.BytesIO()
+            pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buffer, "PNG")
+            files[f"class{label}/{index:04d}.png"] = buffer.getvalue()
+    return files
+
+
+def class_mix(dataset: Any, window_batches: int = 10) -> tuple[float, float]:
+    """Over one epoch: the mean number of distinct classes in a batch, and the mean share of the
+    most common class in a run of `window_batches` consecutive batches."""
+    batches = [labels for _, labels in dataset.as_numpy_iterator()][:-1]  # full batches only
+    distinct = float(np.mean([len(np.unique(labels)) for labels in batches]))
+    windows = [
+        np.concatenate(batches[start : start + window_batches])
+        for start in range(0, len(batches) - window_batches + 1, window_batches)
+    ]
+    largest = float(np.mean([np.bincount(labels).max() / len(labels) for labels in windows]))
+    return distinct, largest
+
+
+@pytest.mark.slow
+def test_streamed_batches_mix_the_classes_as_batches_held_in_memory_do(tmp_path: Path) -> None:
+    # 6,000 images at 96 px in 10 classes: six shards, and a training subset several times the
+    # streaming shuffle buffer (as every real collection is at 224 px).
+    classes = 10
+    folder = write_files(tmp_path / "data", noise_images(classes, per_class=600, size=24))
+    config = TrainingConfig(image_size=96, batch_size=32)
+    data_split = split_here(str(folder), str(tmp_path / "store"), tmp_path / "work", config)
+    held_mix, streamed_mix = (
+        class_mix(input_fn(data_split, "train", shuffle=True, seed=1, memory_budget=budget))
+        for budget in (1 << 30, 0)
+    )
+    assert streamed_mix[0] >= 0.9 * held_mix[0], (streamed_mix, held_mix)
+    assert streamed_mix[1] <= 1.5 / classes, (streamed_mix, held_mix)
+
+    # Each subset reads the shards holding its images, not every shard of the dataset.
+    split_file = read_split(data_split)
+    every_shard = set().union(*split_file.shards.values())
+    assert len(every_shard) == 6
+    assert len(split_file.shards["test"]) < len(every_shard)

@@ -79,7 +79,7 @@ def test_the_saved_model_serves_raw_jpeg_and_png_bytes_as_training_saw_them(
     split_file = read_split(data_split)
     validation = {example.key for example in split_file.validation}
     expected: dict[str, np.ndarray] = {}
-    for record in tf.data.TFRecordDataset(split_file.shards).batch(64):
+    for record in tf.data.TFRecordDataset(split_file.shards["validation"]).batch(64):
         parsed = parse_records(record)
         for key, pixels in zip(parsed["key"].numpy(), parsed["image"].numpy(), strict=True):
             if key.decode() in validation:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,55 @@ def test_conditional_put_is_compare_and_swap(store: ObjectStore) -> None:
     assert store.put_if("pointer.json", b"second", expected_etag=first.etag)
     assert not store.put_if("pointer.json", b"third", expected_etag=first.etag)
     assert store.get("pointer.json") == b"second"
+
+
+def test_same_size_writes_in_quick_succession_each_get_a_new_etag(store: ObjectStore) -> None:
+    """A pointer rewritten faster than a file system's timestamp tick: no ETag comes back, so a
+    writer holding an old one is always refused."""
+    assert store.put_if("pointer.json", b"version-00", expected_etag=None)
+    seen = []
+    for version in range(1, 20):
+        current = store.head("pointer.json")
+        assert current is not None
+        seen.append(current.etag)
+        assert store.put_if("pointer.json", f"version-{version:02d}".encode(), current.etag)
+    assert len(set(seen)) == len(seen)
+    assert not store.put_if("pointer.json", b"version-99", expected_etag=seen[0])
+    assert store.get("pointer.json") == b"version-19"
+
+
+def test_a_local_file_rewritten_in_place_with_its_size_and_time_kept_gets_a_new_etag(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.put("cats/1.jpg", b"original")
+    listed = store.head("cats/1.jpg")
+    assert listed is not None
+    path = tmp_path / "store" / "cats" / "1.jpg"
+    kept = path.stat()
+    time.sleep(0.05)  # a later edit: past the kernel's timestamp tick
+    with open(path, "r+b") as file:  # another program edits the photo where it lies
+        file.write(b"edited!!")
+    os.utime(path, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # and sets its time back
+    (again,) = store.list("cats/")
+    assert (again.size, again.modified) == (listed.size, listed.modified)
+    assert again.etag != listed.etag  # its change time moved, and nobody can set that back
+
+
+def test_a_local_write_is_modified_after_the_file_it_replaces_even_with_the_clock_behind(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.put("pointer.json", b"first")
+    path = tmp_path / "store" / "pointer.json"
+    ahead = time.time_ns() + 3600 * 10**9  # written by a machine whose clock is an hour ahead
+    os.utime(path, ns=(ahead, ahead))
+    before = store.head("pointer.json")
+    store.put("pointer.json", b"other")
+    after = store.head("pointer.json")
+    assert before is not None and after is not None
+    assert path.stat().st_mtime_ns > ahead
+    assert after.etag != before.etag
 
 
 def test_repeated_conditional_put_of_the_same_bytes_counts_as_done(store: ObjectStore) -> None:

@@ -5,8 +5,10 @@ that left the data or belong to another subset, so every record is looked up by 
 kept only when it is this subset's. A subset that fits the split's memory budget is read once, in
 batches of records, and then served from memory; a larger one is streamed from the shards every
 epoch.
-Shards hold every subset's records mixed (the subsets depend on the fractions, which a run may
-change), so a subset's reading always passes over the others' records.
+A subset reads only the shards holding its images (the split file names them). Shards are filled
+in the order of the hash that places an image in its subset, so most shards hold one subset's
+images and a subset passes over few of the others' records; the subsets still depend on the
+fractions, which a run may change, so no shard is assumed to be one subset's.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import numpy as np
 
 from retrainer.data.image import input_shape
 from retrainer.data.shards import parse_records
-from retrainer.data.splits import Example, SplitFile, Subset, read_split
+from retrainer.data.splits import Example, Subset, read_split
 from retrainer.records import DataSplit
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-SHUFFLE_BUFFER_BYTES = 32 * 1024 * 1024
+# Shards hold their records in the order of the split's hash, so any run of them is already a
+# random sample of the classes (`retrainer.data.preparation`); the buffer and the interleave only
+# make each epoch's order new. In images, not bytes: at 224 px, 1,024 images take 154 MB.
+SHUFFLE_BUFFER_IMAGES = 1024
+SHARDS_AT_ONCE = 4
 RECORDS_AT_ONCE = 1024
 
 
@@ -56,9 +62,9 @@ def input_fn(
     shape = input_shape(split.preprocessing)
     budget = split.memory_budget if memory_budget is None else memory_budget
     if fits_in_memory(split, len(examples), budget):
-        images, labels = subset_in_memory(split_file, examples, shape)
+        images, labels = subset_in_memory(split_file.shards[subset], examples, shape)
         return from_memory(images, labels, split.batch_size, shuffle, seed)
-    return streamed(split_file, examples, shape, split.batch_size, shuffle, seed)
+    return streamed(split_file.shards[subset], examples, shape, split.batch_size, shuffle, seed)
 
 
 def fits_in_memory(split: DataSplit, images: int, budget: int | None = None) -> bool:
@@ -77,15 +83,15 @@ def input_rate(split: DataSplit, subset: Subset, held: bool, batches: int = 50) 
 
 
 def subset_in_memory(
-    split_file: SplitFile, examples: list[Example], shape: tuple[int, int, int]
+    shards: list[str], examples: list[Example], shape: tuple[int, int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The subset's images (in the split file's order) and labels, read once from the shards."""
+    """The subset's images (in the split file's order) and labels, read once from its shards."""
     import tensorflow as tf
 
     position = {f"{example.key}\n{example.etag}": index for index, example in enumerate(examples)}
     images = np.empty((len(examples), *shape), np.uint8)
     found = np.zeros(len(examples), bool)
-    records = tf.data.TFRecordDataset(split_file.shards, num_parallel_reads=tf.data.AUTOTUNE)
+    records = tf.data.TFRecordDataset(shards, num_parallel_reads=tf.data.AUTOTUNE)
     batches = records.batch(RECORDS_AT_ONCE).map(parse_records, num_parallel_calls=tf.data.AUTOTUNE)
     for batch in batches.as_numpy_iterator():
         for key, etag, pixels in zip(batch["key"], batch["etag"], batch["image"], strict=True):
@@ -118,7 +124,7 @@ def from_memory(
 
 
 def streamed(
-    split_file: SplitFile,
+    shards: list[str],
     examples: list[Example],
     shape: tuple[int, int, int],
     batch_size: int,
@@ -145,12 +151,12 @@ def streamed(
     def in_subset(image: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
         return label >= 0  # the table's default: another subset's record, or a dead one
 
-    files = tf.data.Dataset.from_tensor_slices(split_file.shards)
+    files = tf.data.Dataset.from_tensor_slices(shards)
     if shuffle:
-        files = files.shuffle(len(split_file.shards), seed=seed, reshuffle_each_iteration=True)
+        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
     dataset = files.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=min(4, len(split_file.shards)) if shuffle else 1,
+        cycle_length=min(SHARDS_AT_ONCE, len(shards)) if shuffle else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -163,6 +169,6 @@ def streamed(
         tf.data.experimental.assert_cardinality(len(examples))
     )
     if shuffle:
-        buffer = max(1, min(len(examples), SHUFFLE_BUFFER_BYTES // math.prod(shape)))
+        buffer = min(len(examples), SHUFFLE_BUFFER_IMAGES)
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -19,6 +19,13 @@ from retrainer.storage import ObjectStore, key_problem, write_atomically
 logger = logging.getLogger(__name__)
 
 
+def hash_position(key: str) -> float:
+    """Where a key falls in [0, 1): the same answer on every run, machine and Python process. It
+    decides the key's split (`retrainer.data.splits`) and its place in the shards."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def data_fingerprint(objects: Iterable[ListedObject]) -> str:
     """A stable hash over every object's key, ETag and size: equal data, equal fingerprint."""
     digest = hashlib.sha256()

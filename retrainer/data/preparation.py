@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from retrainer.data.fingerprints import exact_fingerprint, perceptual_fingerprint
 from retrainer.data.image import decode_failure, header_problem, model_input, size_problem
+from retrainer.data.listing import hash_position
 from retrainer.data.shards import DOWNLOAD_THREADS, encode_record, live_records, record_writer
 from retrainer.layout import (
     PREPARED_INDEX,
@@ -145,6 +146,10 @@ def plan_preparation(
             kept[listed.key] = known
         else:
             new.append(listed)
+    # Listings come class by class; in the order of the hash that also decides the split, each
+    # shard is a random sample of the classes (so a streamed window is one too) and holds one
+    # band of split positions (so a subset reads few of the others' records).
+    new.sort(key=lambda listed: hash_position(listed.key))
 
     live = Counter(entry.shard for entry in kept.values() if entry.shard)
     dying = {

@@ -24,7 +24,6 @@ The images themselves stay in the prepared shards; `retrainer.data.inputs` reads
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from retrainer.data.listing import hash_position
 from retrainer.errors import DataError
 from retrainer.records import DataSplit, UsableImage, ValidatedData
 from retrainer.storage import write_atomically
@@ -59,7 +59,9 @@ class SplitFile(BaseModel):
     """The split file: the local shards, and every usable image by subset with its class index."""
 
     class_names: list[str]
-    shards: list[str] = Field(description="local paths of the shards holding these images")
+    shards: dict[Subset, list[str]] = Field(
+        description="local paths of the shards holding each subset's images"
+    )
     train: list[Example]
     validation: list[Example]
     test: list[Example] = Field(description="the test images the gate scores: no copy trained")
@@ -72,12 +74,6 @@ class SplitFile(BaseModel):
 
     def subset(self, name: Subset) -> list[Example]:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
-
-
-def hash_position(relative_path: str) -> float:
-    """Where a path falls in [0, 1): the same answer on every run, machine and Python process."""
-    digest = hashlib.sha256(relative_path.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def subset_of(relative_path: str, validation_fraction: float, test_fraction: float) -> Subset:
@@ -105,13 +101,15 @@ def split_data(
     }
     set_aside = copies_set_aside(images, subset)
     subsets: dict[Subset, list[Example]] = {"train": [], "validation": [], "test": []}
+    holding: dict[Subset, set[str]] = {"train": set(), "validation": set(), "test": set()}
     for image in images:
         if image.key not in set_aside:
             example = Example(key=image.key, etag=image.etag, label=image.label)
             subsets[subset[image.key]].append(example)
+            holding[subset[image.key]].add(str(shard_paths[image.shard]))
     split = SplitFile(
         class_names=data.class_names,
-        shards=[str(path) for _, path in sorted(shard_paths.items())],
+        shards={name: sorted(paths) for name, paths in holding.items()},
         held_out=[aside for key, aside in set_aside.items() if subset[key] != "test"],
         left_out=[aside for key, aside in set_aside.items() if subset[key] == "test"],
         **subsets,
