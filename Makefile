@@ -45,6 +45,7 @@ deploy: $(UV)
 bench: $(UV)
 	$(UV) sync --frozen --inexact --group bench
 	$(RUN) python -m bench.cold
+	$(RUN) python -m bench.skip
 	$(RUN) python -m bench.pipeline
 	$(RUN) python -m bench.training
 	$(RUN) python -m bench.memory

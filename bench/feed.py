@@ -12,8 +12,9 @@ side by side in one run, no model but where said:
   (`train_model`: validation, checkpoints, callbacks, its steps per execution) against a bare
   `model.fit` on in-memory tensors with `steps_per_execution=64`.
 
-The last two lines are for scripts, exactly:
+The last three lines are for scripts, exactly:
     input_fn / in-memory: 32 px R, 96 px R, 224 px R
+    streamed / in-memory: 32 px R, 96 px R, 224 px R
     fit overhead: training path / bare fit (steps_per_execution=64): R
 
     make bench  (or: .venv/bin/python -m bench.feed) [--images 4000]
@@ -152,6 +153,11 @@ def main() -> None:
         f"{size} px {rates[size]['input_fn'] / rates[size]['in memory']:.2f}" for size in SIZES
     )
     print(f"input_fn / in-memory: {ratios}")
+    streamed = ", ".join(
+        f"{size} px {rates[size]['input_fn, streamed'] / rates[size]['in memory']:.2f}"
+        for size in SIZES
+    )
+    print(f"streamed / in-memory: {streamed}")
     print(f"fit overhead: training path / bare fit (steps_per_execution=64): {path / bare:.2f}")
 
 
