@@ -53,3 +53,4 @@ bench: $(UV)
 	$(RUN) python -m bench.photos
 	$(RUN) python -m bench.duplicates
 	$(RUN) python -m bench.feed
+	$(RUN) python -m bench.scale
