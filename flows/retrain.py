@@ -34,6 +34,7 @@ from tasks.gate import gate
 from tasks.lease import model_lease
 from tasks.listing import list_data
 from tasks.preflight import check_model, preflight
+from tasks.prepare import reading_prepared_data
 from tasks.publish import publish, report_failed
 from tasks.retries import say_mistakes_once
 from tasks.runtime import run_folder
@@ -132,9 +133,10 @@ def retrain(
                 )
             check_model(snapshot, settings)
             prepare = prepare_dataset.with_options(task_runner=task_runner_for(settings))
-            prepared = prepare(snapshot, settings, run_folder(settings).prepared_index)
-            data = validate(prepared, champion, settings)
-            data_split = split(data, settings)
+            with reading_prepared_data(snapshot, settings):  # gc keeps the shards meanwhile
+                prepared = prepare(snapshot, settings, run_folder(settings).prepared_index)
+                data = validate(prepared, champion, settings)
+                data_split = split(data, settings)
             trained = train(data_split, work, champion, settings)
             decision = gate(data_split, trained, champion, settings)
             publication = publish(data, data_split, work, trained, decision, champion, settings)

@@ -173,7 +173,12 @@ def _collect_shards(registry: ModelRegistry, cutoff: datetime, dry_run: bool) ->
             for name, info in objects.items()
             if name.startswith(SHARDS) and name not in named and (info.modified or cutoff) < cutoff
         ]
-        marks = {name: info for name, info in objects.items() if name.startswith(READERS)}
+        # Listed again after the index: a run marks itself before it reads the index, so a mark
+        # missing here belongs to a run that reads this index or a later one, never a shard of
+        # an earlier one.
+        marks = {
+            dataset_in(info.key)[1]: info for info in registry.store.list(f"{dataset}/{READERS}")
+        }
         if unused and (readers := _live_readers(registry, marks)):
             logger.info("Kept the shards of %s: read now by %s", dataset, ", ".join(readers))
             continue

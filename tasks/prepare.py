@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import get_run_logger
@@ -10,8 +12,12 @@ from retrainer.data.preparation import (
     mark_reader,
     plan_preparation,
     prepare_chunk,
+    prepared_url,
     record_preparation,
+    unmark_reader,
 )
+from retrainer.errors import redact
+from retrainer.gc import READER_MARK_AGE
 from retrainer.records import (
     DataSnapshot,
     PreparationChunk,
@@ -20,16 +26,39 @@ from retrainer.records import (
     PreparedData,
     PreparedIndex,
 )
+from retrainer.settings import Settings
 from retrainer.tensorflow_runtime import start_tensorflow
 from tasks.retries import io_task
 from tasks.runtime import current_run_id
+
+
+@contextmanager
+def reading_prepared_data(snapshot: DataSnapshot, settings: Settings) -> Iterator[None]:
+    """This night reads its prepared dataset: from before the index is read until the night's
+    shards are on this worker, or the night ends however it ends, gc removes none of its shards.
+    The mark carries the nightly run's own id, so the mark removed is the one written; a killed
+    run's mark ages out (READER_MARK_AGE)."""
+    prepared_at = prepared_url(
+        settings.store_url, snapshot.source_url, PreparationSpec.of(settings)
+    )
+    mark_reader(prepared_at, current_run_id())
+    try:
+        yield
+    finally:
+        try:
+            unmark_reader(prepared_at, current_run_id())
+        except Exception as error:  # an outage now must not hide how the night ended
+            get_run_logger().warning(
+                "Could not remove this run's reader mark (%s): it ages out in %s",
+                redact(str(error)),
+                READER_MARK_AGE,
+            )
 
 
 @io_task("plan preparation")
 def plan(
     snapshot: DataSnapshot, prepared_at: str, spec: PreparationSpec, keep_in: Path | None
 ) -> tuple[PreparedIndex, list[PreparationChunk]]:
-    mark_reader(prepared_at, current_run_id())  # before the index is read: gc keeps its shards
     return plan_preparation(snapshot, prepared_at, spec, keep_in)
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from retrainer.data.preparation import unmark_reader
 from retrainer.data.shards import fetch_shards
 from retrainer.data.splits import split_data
 from retrainer.records import DataSplit, ValidatedData
 from retrainer.report import artifact_key
 from retrainer.settings import Settings
 from tasks.retries import io_task
-from tasks.runtime import current_run_id, progress_reporter, run_folder
+from tasks.runtime import progress_reporter, run_folder
 
 
 @io_task("split data")
@@ -22,7 +21,6 @@ def split(data: ValidatedData, settings: Settings) -> DataSplit:
         settings.cache.shards_dir,
         progress_reporter("Downloading the prepared shards"),
     )
-    unmark_reader(data.prepared.prepared_url, current_run_id())  # its shards are on this disk
     data_split = split_data(
         data,
         shards,

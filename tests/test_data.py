@@ -31,7 +31,7 @@ from retrainer.data.splits import read_split, split_data, subset_of
 from retrainer.data.validation import class_change_of, validate_data
 from retrainer.errors import DataError
 from retrainer.gc import collect_garbage
-from retrainer.layout import PREPARED_INDEX, LocalCache, RunFolder
+from retrainer.layout import PREPARED_INDEX, LocalCache, RunFolder, reader_key
 from retrainer.records import DataSnapshot, DataSplit, PreparationSpec, PreparedData, ValidatedData
 from retrainer.registry import ModelRegistry
 from retrainer.settings import TrainingConfig
@@ -149,6 +149,16 @@ def test_an_object_that_vanishes_between_listing_and_preparation_is_refused_not_
     assert len(prepared.read_index().objects) == 5
 
 
+class ReaderMarkedWhenTheIndexIsRead(LocalStore):
+    """A store where another night marks itself a reader of a dataset the moment gc reads the
+    dataset's index: after gc listed the dataset, as a race would have it."""
+
+    def get(self, key: str) -> bytes:
+        if key.endswith(f"/{PREPARED_INDEX}"):
+            self.put(f"{key.removesuffix(PREPARED_INDEX)}{reader_key('late-night')}", b"")
+        return super().get(key)
+
+
 def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names_nor_run_reads(
     tmp_path: Path,
 ) -> None:
@@ -173,6 +183,12 @@ def test_mostly_dead_shards_are_compacted_and_gc_removes_what_no_index_names_nor
         for _, labels in input_fn(data_split, subset, shuffle=False)
     )
     assert images == 32
+
+    # A night that read the older index marks itself just after gc listed the dataset.
+    late = ModelRegistry(ReaderMarkedWhenTheIndexIsRead(tmp_path / "registry"), "m")
+    kept = collect_garbage(late, LocalCache(tmp_path / "c"), 5, timedelta(0), False)
+    assert not [line for line in kept if "prepared shard" in line]
+    unmark_reader(compacted.prepared_url, "late-night")
 
     registry = ModelRegistry(LocalStore(tmp_path / "registry"), "m")
     # Another model on the same data is between reading an older index and fetching its shards.

@@ -37,6 +37,7 @@ from retrainer.data.listing import list_data
 from retrainer.data.local import split_here
 from retrainer.data.splits import subset_of
 from retrainer.freshness import identify_work
+from retrainer.layout import PREPARED, READERS
 from retrainer.lease import ModelLease
 from retrainer.records import Publication
 from retrainer.registry import ModelRegistry
@@ -130,6 +131,11 @@ def accuracy_on_test_split(model_file: str, data_url: str, tmp_path: Path) -> fl
     return float(accuracy)
 
 
+def reader_marks(store: LocalStore) -> list[str]:
+    """The runs marked as reading a prepared dataset now (gc keeps its shards while any is)."""
+    return [info.key for info in store.list(PREPARED) if f"/{READERS}" in info.key]
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_training")
 def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
@@ -143,6 +149,7 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
 
     assert publication.promoted
     store = LocalStore(tmp_path / "store")
+    assert reader_marks(store) == []  # gc may collect the dataset's unused shards again
     model_file = assert_champion_is_complete(store, "demo", tmp_path)
     accuracy = accuracy_on_test_split(model_file, str(data_folder), tmp_path)
     assert accuracy >= 0.8
@@ -327,6 +334,7 @@ def test_bad_data_fails_the_run_at_once_with_its_message(
     (validate_run,) = [run for run in task_runs if run.name.startswith("validate data")]
     assert validate_run.run_count == 1, "bad data was retried"
     assert not (tmp_path / "store" / "models").exists()
+    assert reader_marks(LocalStore(tmp_path / "store")) == []  # however the night ended
     (report,) = artifacts_of([flow_run_id], artifact_key("demo"))
     assert str(report.data).startswith("# `demo`: Failed\n\nfound 1 class folder(s)")
     assert f"Listed: {len(one_class)} file(s) in 1 folder(s) (0: {len(one_class)})." in report.data
