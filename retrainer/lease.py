@@ -144,7 +144,8 @@ class ModelLease:
             left = timedelta(seconds=current.seconds) - (info.age or timedelta(0))
             raise LeaseHeld(
                 f"model '{self.model_name}' is being retrained by {current.describe()}; its "
-                f"lease ({self.store.describe(self.key)}) expires in {max(left.seconds, 0)} s "
+                f"lease ({self.store.describe(self.key)}) expires in "
+                f"{int(max(left.total_seconds(), 0))} s "
                 "unless that run renews it"
             )
         if not self._write(info.etag if info else None):

@@ -43,6 +43,8 @@ MIN_BACKBONE_IMAGE_SIZE = 32
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _FUNCTION_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# Where boto3 finds an S3-compatible store's endpoint, the first one set winning.
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 # The built-in models' and the backbone classifier's Adam learning rate, when none is set.
 DEFAULT_LEARNING_RATE = 3e-3
 
@@ -63,6 +65,11 @@ def check_location_url(url: str) -> str:
                 "(s3://bucket/prefix)"
             )
         return url
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise ValueError(
+            f"'{url}' names a folder on '{parsed.netloc}': a file:// URL is a folder on this "
+            "machine (file:///path); mount the share and give its local path"
+        )
     if parsed.scheme in ("", "file"):
         if not (parsed.path or parsed.netloc):
             raise ValueError("is empty: give s3://bucket/prefix or a local folder")
@@ -591,6 +598,19 @@ def variable_names(model: type[BaseModel], prefix: str = ENV_PREFIX) -> set[str]
     return names
 
 
+def endpoint_credentials(environment: dict[str, str | None]) -> list[str]:
+    """One line per S3 endpoint variable holding a user name or password: boto3 signs every
+    request with the AWS credentials and never uses these, and they would reach logs, Prefect's
+    database and reports with every message that names the endpoint."""
+    return [
+        f"{name}: '{redact(value)}' holds credentials: S3 requests are signed with the AWS "
+        "credentials, never with these, and they would show in logs; remove them from the URL "
+        "(use AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a role)"
+        for name in ENDPOINT_VARIABLES
+        if (value := environment.get(name)) and "@" in urlparse(value).netloc
+    ]
+
+
 def unknown_variables(given: dict[str, str | None], source: str) -> list[str]:
     """One line per `RETRAINER_*` name in `given` that sets nothing, naming the closest setting:
     a typo must not leave a gate at its default in silence."""
@@ -648,7 +668,8 @@ def load_settings(**overrides: object) -> Settings:
     env_file = Path(str(Settings.model_config.get("env_file")))
     environment: dict[str, str | None] = dict(os.environ)
     in_file = dotenv_values(env_file) if env_file.is_file() else {}
-    problems = unknown_variables(environment, "the environment")
+    problems = endpoint_credentials(environment)
+    problems += unknown_variables(environment, "the environment")
     problems += unknown_variables(in_file, str(env_file))
     if problems:
         raise SettingsError("\n".join(problems))

@@ -28,6 +28,7 @@ from botocore.config import Config
 
 from retrainer.errors import redact
 from retrainer.layout import CONDITIONAL_WRITES_PROBES, CONDITIONAL_WRITES_PROOF
+from retrainer.settings import ENDPOINT_VARIABLES
 
 
 def s3_client_config() -> Config:
@@ -399,7 +400,7 @@ class S3Store(ObjectStore):
     def endpoint_named(self) -> str:
         """The endpoint as the user set it: `AWS_ENDPOINT_URL=...` (redacted), else the URL."""
         endpoint = redact(str(self.client.meta.endpoint_url))
-        for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        for variable in ENDPOINT_VARIABLES:
             if os.environ.get(variable):
                 return f"{variable}={redact(os.environ[variable])}"
         return endpoint
@@ -640,7 +641,9 @@ def open_store(url: str) -> ObjectStore:
     if parsed.scheme == "s3":
         return S3Store(parsed.netloc, parsed.path)
     if parsed.scheme == "file":
-        return LocalStore(Path(parsed.netloc + parsed.path))
+        return LocalStore(
+            Path(parsed.path)
+        )  # file:///x or file://localhost/x (checked in settings)
     if parsed.scheme == "":
         return LocalStore(Path(url))
     raise StoreError(f"unknown URL scheme '{parsed.scheme}://' in '{url}'")

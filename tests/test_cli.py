@@ -245,16 +245,23 @@ def test_credentials_in_a_url_are_refused_and_never_echoed(
     assert list(isolated_settings.iterdir()) == []
 
 
-def test_an_endpoint_with_a_password_is_redacted_when_it_cannot_be_reached(
-    capsys: pytest.CaptureFixture[str], s3_env: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_an_endpoint_with_a_password_is_refused_at_start_up_without_echoing_it(
+    capsys: pytest.CaptureFixture[str],
+    s3_env: str,
+    monkeypatch: pytest.MonkeyPatch,
+    isolated_settings: Path,
+    variable: str,
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:hunter2@127.0.0.1:9")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    # boto3 never uses a URL's user and password (it signs with the AWS credentials), and every
+    # message naming the endpoint would carry them into logs, Prefect's database and reports.
+    monkeypatch.setenv(variable, s3_env.replace("http://", "http://minio:hunter2@"))
     monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models/x")
     code, _, err = run_cli(capsys, "run")
     assert code == 2
-    assert_one_line_error(err, "RETRAINER_STORE_URL")
-    assert "hunter2" not in err and "http://***@127.0.0.1:9" in err
+    assert_one_line_error(err, variable)
+    assert "hunter2" not in err and "http://***@127.0.0.1:" in err
+    assert list(isolated_settings.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -328,29 +335,28 @@ def test_every_store_command_refuses_a_bad_model_name_in_one_line(
 
 
 @pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda command: command[0])
-def test_every_store_command_redacts_an_endpoint_password_it_cannot_reach(
+def test_every_store_command_refuses_an_endpoint_with_a_password_without_echoing_it(
     capsys: pytest.CaptureFixture[str],
     s3_env: str,
     monkeypatch: pytest.MonkeyPatch,
     command: list[str],
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:hunter2@127.0.0.1:9")
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("RETRAINER_STORE_URL", "s3://models/x")
     code, _, err = run_cli(capsys, *command)
     assert code == 2
-    assert_one_line_error(err, "RETRAINER_STORE_URL")
+    assert_one_line_error(err, "AWS_ENDPOINT_URL")
     assert "hunter2" not in err and "http://***@127.0.0.1:9" in err
 
 
-def test_an_unexpected_store_failure_prints_its_story_without_the_password(
+def test_an_unexpected_store_failure_prints_its_story_and_the_error_last(
     capsys: pytest.CaptureFixture[str],
     bucket: str,
     monkeypatch: pytest.MonkeyPatch,
     flaky: Callable[[Fault], FlakyProxy],
 ) -> None:
     proxy = flaky(always_for("GET", "/champion.json", "drop"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url.replace("http://", "http://minio:hunter2@"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("RETRAINER_STORE_URL", f"s3://{bucket}/models")
     S3Store(bucket, "models").put("models/demo/champion.json", b"{}")
@@ -359,8 +365,6 @@ def test_an_unexpected_store_failure_prints_its_story_without_the_password(
 
     assert code == 1
     assert "Traceback" in err
-    assert "hunter2" not in err
-    assert "http://***@127.0.0.1" in err
     assert err.strip().splitlines()[-1].startswith("error: ConnectionClosedError: ")
 
 

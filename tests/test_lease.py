@@ -60,6 +60,15 @@ def test_a_second_run_is_refused_with_the_name_of_the_running_one(store: ObjectS
         pass
 
 
+def test_a_lease_past_its_seconds_but_within_the_clocks_margin_expires_in_0_s_not_a_day(
+    store: ObjectStore,
+) -> None:
+    write_lease(store, seconds=1)
+    time.sleep(1.5)  # past its second, inside the margin for the store's clock resolution
+    with pytest.raises(LeaseHeld, match=r"expires in 0 s unless"):
+        ModelLease(store, "m", "impatient", seconds=60).acquire()
+
+
 def test_a_lease_that_was_not_renewed_expires_by_the_stores_clock(store: ObjectStore) -> None:
     write_lease(store, seconds=1)
     with pytest.raises(LeaseHeld):

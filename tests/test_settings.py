@@ -42,6 +42,11 @@ def test_dotenv_file_is_read(isolated_settings, monkeypatch: pytest.MonkeyPatch)
         ("RETRAINER_EPOCHS", "0", "RETRAINER_EPOCHS: Input should be greater than or equal to 1"),
         ("RETRAINER_STORE_URL", "ftp://host/models", "RETRAINER_STORE_URL: unknown URL scheme"),
         ("RETRAINER_DATA_URL", "s3://ab", "RETRAINER_DATA_URL: 'ab' in 's3://ab' is not a bucket"),
+        (
+            "RETRAINER_DATA_URL",
+            "file://nas/photos",
+            "RETRAINER_DATA_URL: 'file://nas/photos' names a folder on 'nas'",
+        ),
         ("RETRAINER_MODEL_NAME", "My Model", "RETRAINER_MODEL_NAME: 'My Model' is not a model"),
         (
             "RETRAINER_GATE__ACCURACY__THRESHOLD",

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from retrainer.storage import LocalStore, ObjectNotFound, ObjectStore, S3Store, StoreError
+from retrainer.storage import (
+    LocalStore,
+    ObjectNotFound,
+    ObjectStore,
+    S3Store,
+    StoreError,
+    open_store,
+)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -107,6 +114,12 @@ def test_repeated_conditional_put_of_the_same_bytes_counts_as_done(store: Object
     """What botocore's retry of a landed write sees: 412, yet the object holds our bytes."""
     assert store.put_if("pointer.json", b"mine", expected_etag=None)
     assert store.put_if("pointer.json", b"mine", expected_etag=None)
+
+
+@pytest.mark.parametrize("prefix", ["file://", "file://localhost"])
+def test_a_file_url_is_the_folder_at_its_path_on_this_machine(tmp_path: Path, prefix: str) -> None:
+    store = open_store(f"{prefix}{tmp_path}/store")
+    assert isinstance(store, LocalStore) and store.root == tmp_path / "store"
 
 
 @pytest.mark.parametrize("key", ["../escape", "/absolute", "a/../../b", "a\\b", ""])
