@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from textwrap import shorten
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 
 from retrainer import __version__
 from retrainer.errors import BadInput, SettingsError, redact
-from retrainer.layout import DEMO_DATA
+from retrainer.layout import DEMO_DATA, check_version_name
 from retrainer.lease import LeaseHeld, ModelLease
 from retrainer.preflight import check_before_work, check_location
 from retrainer.records import Publication
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=models_command)
 
     promote = commands.add_parser("promote", help="make a published version champion (override)")
-    promote.add_argument("version")
+    promote.add_argument("version", type=version_argument)
     promote.add_argument("--reason", required=True, help="why the gate is overridden (recorded)")
     promote.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
 
@@ -135,7 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="classify image files with the champion's (or a version's) SavedModel"
     )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    predict.add_argument("--version", dest="model_version", help="a version (default: champion)")
+    predict.add_argument(
+        "--version",
+        dest="model_version",
+        type=version_argument,
+        help="a version (default: champion)",
+    )
     predict.add_argument("--model-name", help="model (default: RETRAINER_MODEL_NAME)")
     predict.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     predict.set_defaults(handler=predict_command)
@@ -185,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_argument(text: str) -> str:
+    try:
+        return check_version_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def open_registry(settings: Settings, arguments: argparse.Namespace) -> ModelRegistry:
     """The registry of the model the command names (`--model-name`, else the setting), once
     the model store answered: a bad name or an unusable store is one line, exit 2."""
@@ -197,6 +211,21 @@ def open_registry(settings: Settings, arguments: argparse.Namespace) -> ModelReg
     return ModelRegistry(open_store(settings.store_url), name)
 
 
+@contextmanager
+def leased_registry(
+    settings: Settings, arguments: argparse.Namespace, command: str
+) -> Iterator[ModelRegistry]:
+    """The registry of the command's model under the model's lease: an operator's change never
+    overlaps a night's run or another command's change (a promotion during gc lost its files);
+    its writes stop if the lease is lost."""
+    registry = open_registry(settings, arguments)
+    who = f"{command} by {getpass.getuser()}"
+    with ModelLease(
+        registry.store, registry.model_name, who, seconds=settings.lease_seconds
+    ) as lease:
+        yield ModelRegistry(lease.guard(registry.store), registry.model_name)
+
+
 def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
     try:
         parameters = RetrainParameters(
@@ -204,13 +233,19 @@ def run_command(settings: Settings, arguments: argparse.Namespace) -> int:
         )
     except ValidationError as error:
         raise SettingsError(describe_validation_error(error, style="option")) from None
-    check_before_work(settings.with_parameters(parameters))
+    run_settings = settings.with_parameters(parameters)
+    check_before_work(run_settings)
 
     from flows.retrain import run_here
 
     state = run_here(parameters)
     if arguments.json and not state.is_completed():
-        print(json.dumps({"state": state.name, "message": redact(str(state.message))}, indent=2))
+        failed = {
+            "state": state.name,
+            "message": redact(str(state.message)),
+            "report": report_location(state, run_settings.model_name),
+        }
+        print(json.dumps(failed, indent=2))
         return 2 if isinstance(state.result(raise_on_failure=False), SettingsError) else 1
     outcome = state.result()  # a failed run raises its error here
     report = report_location(state, outcome.model_name)
@@ -280,16 +315,16 @@ def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = open_registry(settings, arguments)
-    etag = None if arguments.repair else registry.read_champion()[1]
-    champion = registry.promote(
-        arguments.version,
-        f"manual by {getpass.getuser()}",
-        f"override: {arguments.reason}",
-        etag,
-        repair=arguments.repair,
-        override=True,
-    )
+    with leased_registry(settings, arguments, "promote") as registry:
+        etag = None if arguments.repair else registry.read_champion()[1]
+        champion = registry.promote(
+            arguments.version,
+            f"manual by {getpass.getuser()}",
+            f"override: {arguments.reason}",
+            etag,
+            repair=arguments.repair,
+            override=True,
+        )
     print(f"Version {champion.version} is now champion of '{registry.model_name}' (override)")
     if champion.previous and champion.previous[0].version != champion.version:
         print(
@@ -339,10 +374,10 @@ def predict_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = open_registry(settings, arguments)
-    champion = registry.rollback(
-        f"manual by {getpass.getuser()}", arguments.reason, repair=arguments.repair
-    )
+    with leased_registry(settings, arguments, "rollback") as registry:
+        champion = registry.rollback(
+            f"manual by {getpass.getuser()}", arguments.reason, repair=arguments.repair
+        )
     print(f"Rolled back: version {champion.version} is champion of '{registry.model_name}' again")
     print(
         "  The rolled-back work is withdrawn: nightly runs do not train it again until the data, "
@@ -353,8 +388,8 @@ def rollback_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def repair_command(settings: Settings, arguments: argparse.Namespace) -> int:
-    registry = open_registry(settings, arguments)
-    champion = registry.restore_champion()
+    with leased_registry(settings, arguments, "repair") as registry:
+        champion = registry.restore_champion()
     print(
         f"Restored champion.json of '{registry.model_name}' from its history: version "
         f"{champion.version} (change {champion.serving_number})"
@@ -398,9 +433,7 @@ def verify_command(settings: Settings, arguments: argparse.Namespace) -> int:
 def gc_command(settings: Settings, arguments: argparse.Namespace) -> int:
     from retrainer.gc import collect_garbage
 
-    registry = open_registry(settings, arguments)
-    who = f"gc by {getpass.getuser()}"
-    with ModelLease(registry.store, registry.model_name, who, seconds=settings.lease_seconds):
+    with leased_registry(settings, arguments, "gc") as registry:
         removed = collect_garbage(
             registry,
             settings.cache,

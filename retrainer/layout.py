@@ -84,6 +84,13 @@ def first_segment(key: str, prefix: str) -> str:
     return key.removeprefix(prefix).split("/", 1)[0]
 
 
+def check_version_name(name: str) -> str:
+    """A version is one name under `versions/`, as `retrainer models` lists it: never a path."""
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise ValueError(f"'{name}' is not a version name: give one as `retrainer models` lists it")
+    return name
+
+
 @dataclass(frozen=True)
 class ModelKeys:
     """Every key of one model in the store."""
@@ -103,7 +110,7 @@ class ModelKeys:
         return f"{self.root}/versions/"
 
     def version(self, version: str) -> str:
-        return f"{self.versions}{version}/"
+        return f"{self.versions}{check_version_name(version)}/"
 
     def version_file(self, version: str, filename: str) -> str:
         return self.version(version) + filename

@@ -25,8 +25,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from retrainer.errors import redact
 from retrainer.layout import ModelKeys
 from retrainer.storage import GuardedStore, ObjectInfo, ObjectNotFound, ObjectStore
 
@@ -66,6 +67,11 @@ class LeaseBody(BaseModel):
     seconds: int = 300
     taken_at: datetime
     released: bool = False
+    writes: int = Field(
+        0,
+        description="the holder's writes so far: each renewal is new bytes and so a new ETag, "
+        "and a takeover decided on an older read is refused by the compare-and-swap",
+    )
 
     def describe(self) -> str:
         return (
@@ -108,6 +114,7 @@ class ModelLease:
         self.run_id = run_id
         self.seconds = seconds
         self.etag: str | None = None
+        self.writes = 0  # LeaseBody.writes
         self.taken_at = datetime.now(UTC)
         self.renewed_at = time.monotonic()  # when the last write that succeeded was sent
         self.lost: str | None = None
@@ -123,6 +130,7 @@ class ModelLease:
             seconds=self.seconds,
             taken_at=self.taken_at,
             released=released,
+            writes=self.writes,
         )
         return body.model_dump_json().encode()
 
@@ -170,6 +178,7 @@ class ModelLease:
 
     def _write(self, expected_etag: str | None, released: bool = False) -> bool:
         sent_at = time.monotonic()
+        self.writes += 1
         body = self._body(released)
         if not self.store.put_if(self.key, body, expected_etag):
             return False
@@ -186,7 +195,9 @@ class ModelLease:
                     logger.error("Lost the lease of '%s' to another run", self.model_name)
                     return
             except Exception as error:  # an outage: try again at the next tick
-                logger.warning("Could not renew the lease of '%s': %s", self.model_name, error)
+                logger.warning(
+                    "Could not renew the lease of '%s': %s", self.model_name, redact(str(error))
+                )
 
     def check(self) -> None:
         """Raise LeaseLost unless this run surely still holds the lease."""
@@ -213,7 +224,9 @@ class ModelLease:
         try:
             self._write(self.etag, released=True)
         except Exception as error:  # it expires by itself
-            logger.warning("Could not release the lease of '%s': %s", self.model_name, error)
+            logger.warning(
+                "Could not release the lease of '%s': %s", self.model_name, redact(str(error))
+            )
 
     def __enter__(self) -> ModelLease:
         self.acquire()

@@ -13,11 +13,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from uuid import UUID
 
 import boto3
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
 from retrainer.cli import build_parser, main
+from retrainer.lease import ModelLease
 from retrainer.registry import ModelRegistry
 from retrainer.settings import RetrainParameters
 from retrainer.storage import LocalStore, S3Store
@@ -51,6 +55,30 @@ def test_bad_command_line_value_names_the_option(capsys: pytest.CaptureFixture[s
     code, _, err = run_cli(capsys, "run", "--epochs", "0")
     assert code == 2
     assert_one_line_error(err, "--epochs")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["promote", "../../x", "--reason", "test"], ["predict", "--version", "../x", "a.png"]],
+    ids=lambda command: command[0],
+)
+def test_a_version_that_is_a_path_is_refused_naming_the_argument(
+    capsys: pytest.CaptureFixture[str], isolated_settings: Path, command: list[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_code:  # argparse's refusal: usage and one error line
+        main(command)
+    assert exit_code.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"'{command[1] if command[0] == 'promote' else command[2]}' is not a version name: "
+            "give one as `retrainer models` lists it"
+        )
+    )
+    assert list(isolated_settings.iterdir()) == []
 
 
 def test_an_unknown_url_scheme_is_one_line_naming_the_setting_and_writes_nothing(
@@ -211,7 +239,6 @@ def test_a_model_factory_that_is_not_there_is_refused_before_the_run_starts(
 @pytest.mark.usefixtures("prefect_api")
 def test_a_factory_that_cannot_serve_stops_the_night_before_any_download_said_once(
     capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
     isolated_settings: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -227,9 +254,18 @@ def test_a_factory_that_cannot_serve_stops_the_night_before_any_download_said_on
     )
     assert night["state"] == "Failed" and night["message"] == problem
     assert "Traceback" not in err
-    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert [record.getMessage() for record in errors] == [f"Stopped: {problem}"]
-    assert not any(record.exc_info for record in caplog.records)
+    # The run's log as the Prefect UI shows it: one error line, no traceback around it.
+    (run_id,) = map(UUID, re.findall(r"[0-9a-f]{8}-[0-9a-f-]{27}", night["report"]))
+    deadline, logs = time.monotonic() + 30, []
+    while not any(log.level >= logging.ERROR for log in logs) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the run's log reaches the API in batches
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+            )
+    errors = [log.message for log in logs if log.level >= logging.ERROR]
+    assert errors == [f"Stopped: {problem}"]
+    assert not any("Traceback" in log.message for log in logs)
     assert not list((isolated_settings / ".retrainer" / "cache").rglob("*.tfrecord"))
     assert not list((isolated_settings / ".retrainer" / "store").rglob("*.tfrecord"))
 
@@ -322,6 +358,29 @@ STORE_COMMANDS = [
     ["repair"],
     ["predict", "image.png"],
 ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["gc"], ["promote", "v1", "--reason", "r"], ["rollback", "--reason", "r"], ["repair"]],
+    ids=lambda command: command[0],
+)
+def test_every_command_that_changes_a_model_is_refused_while_a_night_holds_its_lease(
+    capsys: pytest.CaptureFixture[str],
+    isolated_settings: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    monkeypatch.setenv("RETRAINER_STORE_URL", str(isolated_settings / "store"))
+    store = LocalStore(isolated_settings / "store")
+    with ModelLease(store, "demo", "nightly-1", seconds=300):
+        code, _, err = run_cli(capsys, *command)
+    assert code == 1
+    assert err.startswith("error: model 'demo' is being retrained by run nightly-1 on ")
+    # Afterwards the lease is free again: the command's own lease was released as well.
+    run_cli(capsys, *command)
+    with ModelLease(store, "demo", "nightly-2", seconds=300):
+        pass
 
 
 @pytest.mark.parametrize("command", STORE_COMMANDS, ids=lambda command: command[0])

@@ -370,6 +370,29 @@ def test_one_class_or_a_small_class_stops_the_run(tmp_path: Path) -> None:
         validate_data(small, tmp_path / "usable.json", 5, 0.1)
 
 
+def test_class_folders_that_read_as_one_name_are_refused_naming_both(tmp_path: Path) -> None:
+    digits = digit_images(4, 10)
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # é as one letter, and as e + an accent
+    files = {
+        **{key.replace("0/", "Cat/"): data for key, data in digits.items() if key[0] == "0"},
+        **{key.replace("1/", "cat/"): data for key, data in digits.items() if key[0] == "1"},
+        **{
+            key.replace("2/", f"{composed}/"): data for key, data in digits.items() if key[0] == "2"
+        },
+        **{
+            key.replace("3/", f"{decomposed}/"): data
+            for key, data in digits.items()
+            if key[0] == "3"
+        },
+    }
+    prepared = prepared_of(write_files(tmp_path / "data", files), tmp_path)
+    with pytest.raises(DataError) as error:
+        validate_data(prepared, tmp_path / "usable.json", 5, 0.1)
+    message = str(error.value)
+    assert "class folders 'Cat' and 'cat' differ only in case" in message
+    assert f"class folders {sorted([composed, decomposed])[0]!r} and" in message
+
+
 def test_class_set_change_is_described_or_none() -> None:
     change = class_change_of(["cat", "fox"], ["cat", "dog"])
     assert change is not None and "new ['fox'], missing ['dog']" in change

@@ -69,6 +69,18 @@ def test_a_lease_past_its_seconds_but_within_the_clocks_margin_expires_in_0_s_no
         ModelLease(store, "m", "impatient", seconds=60).acquire()
 
 
+def test_every_renewal_is_new_bytes_so_a_takeover_decided_on_an_older_read_is_refused(
+    store: ObjectStore,
+) -> None:
+    with ModelLease(store, "m", "nightly-1", seconds=3):  # renewed every second
+        stale = store.head("leases/m.json")
+        time.sleep(1.6)
+        renewed = store.head("leases/m.json")
+        assert stale is not None and renewed is not None
+        assert renewed.etag != stale.etag
+        assert not store.put_if("leases/m.json", b'{"run_id": "usurper"}', stale.etag)
+
+
 def test_a_lease_that_was_not_renewed_expires_by_the_stores_clock(store: ObjectStore) -> None:
     write_lease(store, seconds=1)
     with pytest.raises(LeaseHeld):

@@ -9,7 +9,9 @@ or too few classes or images, stop the run.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from retrainer.data.duplicates import find_copies
@@ -77,12 +79,27 @@ def data_problems(
             f"classes with fewer than {min_images_per_class} images: {listed}; add images or "
             "lower RETRAINER_MIN_IMAGES_PER_CLASS"
         )
+    for names in look_alike_classes(counts):
+        problems.append(
+            f"class folders {' and '.join(repr(name) for name in names)} differ only in case or "
+            "in how their letters are encoded (Unicode NFC/NFD): they would train as different "
+            "classes; move their images into one folder"
+        )
     if class_change:
         problems.append(
             f"{class_change}; fix the data, or set RETRAINER_ON_CLASS_CHANGE=retrain to train a "
             "new model"
         )
     return problems
+
+
+def look_alike_classes(names: Iterable[str]) -> list[list[str]]:
+    """Groups of class names a person reads as one (`Cat` and `cat`; `café` typed as one letter
+    or as `e` and an accent), each sorted."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        groups[unicodedata.normalize("NFC", name).casefold()].append(name)
+    return sorted(sorted(group) for group in groups.values() if len(group) > 1)
 
 
 def validate_data(
