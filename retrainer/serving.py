@@ -53,6 +53,9 @@ def export_serving_model(
             prepare,
             image_bytes,
             fn_output_signature=tf.TensorSpec((size, size, spec.channels), tf.uint8),
+            # One image decoded at a time: a request of many files within the limits holds one
+            # decoded file at once, not ten.
+            parallel_iterations=1,
         )
         probabilities = tf.cast(model(images, training=False), tf.float32)
         batch = tf.shape(probabilities)[0]

@@ -6,6 +6,7 @@ be repeated safely, and `put_if` is a compare-and-swap used to move the champion
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 import boto3
 import botocore.exceptions
 from botocore.config import Config
+from pydantic import BaseModel, ValidationError
 
 from retrainer.errors import redact
 from retrainer.layout import CONDITIONAL_WRITES_PROBES, CONDITIONAL_WRITES_PROOF
@@ -54,10 +56,16 @@ class ObjectNotFound(KeyError):
     """No object under that key."""
 
 
+class ObjectChanged(RuntimeError):
+    """The object under a key is no longer the one listed (another ETag, or more bytes)."""
+
+
 def unavailable(error: BaseException) -> str | None:
     """Why an object listed a moment ago cannot be read now, if that is what `error` says."""
     if isinstance(error, ObjectNotFound):
         return "disappeared between the listing and its download"
+    if isinstance(error, ObjectChanged):
+        return "changed between the listing and its download: the next night reads it"
     if isinstance(error, botocore.exceptions.ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         if code in ("403", "AccessDenied", "Forbidden"):
@@ -67,6 +75,19 @@ def unavailable(error: BaseException) -> str | None:
 
 class ConditionalWritesIgnored(StoreError):
     """The store accepts conditional writes but does not honour them: no safe promotion."""
+
+
+class ConditionalWritesProof(BaseModel):
+    """`_retrainer/conditional-writes-proven.json`: the store refused the writes it should
+    refuse, through this endpoint, when the object was last written."""
+
+    endpoint: str
+    if_none_match: bool = True
+    if_match: bool = True
+
+
+# A proof is taken again after this long: a store's gateway or its configuration can change.
+PROOF_AGE = timedelta(days=1)
 
 
 # A 409 ConditionalRequestConflict means "another conditional write to this key is in flight":
@@ -143,6 +164,12 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def get_as_listed(self, key: str, etag: str, size: int) -> bytes:
+        """The object's bytes if it is still the one a listing saw (that ETag and size), reading
+        no more than that size and one byte: ObjectChanged otherwise. An object swapped for a
+        huge one after the listing is never read whole."""
+
+    @abstractmethod
     def download(self, key: str, destination: Path) -> None:
         """Copy an object to a file; the file appears whole or not at all."""
 
@@ -177,7 +204,7 @@ class ObjectStore(ABC):
         two runs could both "win" a promotion. Proven once per store; the proof is remembered in
         the store itself, so a cold worker does not ask again.
         """
-        if self.exists(CONDITIONAL_WRITES_PROOF):  # passed once: asked once
+        if self._proof_holds():
             return
         probe = f"{CONDITIONAL_WRITES_PROBES}{uuid.uuid4().hex}"
         try:
@@ -195,7 +222,25 @@ class ObjectStore(ABC):
                 )
         finally:
             self.delete(probe)
-        self.put(CONDITIONAL_WRITES_PROOF, b'{"if_none_match": true, "if_match": true}')
+        proof = ConditionalWritesProof(endpoint=self.endpoint())
+        self.put(CONDITIONAL_WRITES_PROOF, proof.model_dump_json().encode())
+
+    def _proof_holds(self) -> bool:
+        """A proof of this store, taken through this endpoint, younger than PROOF_AGE by the
+        store's own clock: a gateway that ignores If-* headers, or one put in front later, is
+        probed again."""
+        info = self.head(CONDITIONAL_WRITES_PROOF)
+        if info is None or info.age is None or info.age > PROOF_AGE:
+            return False
+        try:
+            proof = ConditionalWritesProof.model_validate_json(self.get(CONDITIONAL_WRITES_PROOF))
+        except (ValidationError, ObjectNotFound):
+            return False  # a proof of an older release, or unreadable: asked again
+        return proof.endpoint == self.endpoint()
+
+    @abstractmethod
+    def endpoint(self) -> str:
+        """How this process reaches the store (no credentials): what a proof of it is tied to."""
 
     def describe(self, key: str) -> str:
         return self.url.rstrip("/") + "/" + key
@@ -280,6 +325,9 @@ class LocalStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def endpoint(self) -> str:
+        return self.url
+
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a folder")
@@ -342,6 +390,18 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             raise ObjectNotFound(self.describe(key)) from None
 
+    def get_as_listed(self, key: str, etag: str, size: int) -> bytes:
+        try:
+            with open(self._path(key), "rb") as file:
+                if change_token(os.fstat(file.fileno())) != etag:
+                    raise ObjectChanged(self.describe(key))
+                contents = file.read(size + 1)
+        except FileNotFoundError:
+            raise ObjectNotFound(self.describe(key)) from None
+        if len(contents) != size:
+            raise ObjectChanged(self.describe(key))
+        return contents
+
     def download(self, key: str, destination: Path) -> None:
         try:
             copy_file_atomically(self._path(key), destination)
@@ -396,6 +456,9 @@ class S3Store(ObjectStore):
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
+
+    def endpoint(self) -> str:
+        return redact(str(self.client.meta.endpoint_url))
 
     def endpoint_named(self) -> str:
         """The endpoint as the user set it: `AWS_ENDPOINT_URL=...` (redacted), else the URL."""
@@ -518,9 +581,9 @@ class S3Store(ObjectStore):
             store_now=http_date(date),
         )
 
-    def _get_object(self, key: str) -> Any:
+    def _get_object(self, key: str, **conditions: str) -> Any:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **conditions)
         except botocore.exceptions.ClientError as error:
             if self._missing(key, error):
                 raise ObjectNotFound(self.describe(key)) from None
@@ -528,6 +591,20 @@ class S3Store(ObjectStore):
 
     def get(self, key: str) -> bytes:
         return bytes(self._get_object(key)["Body"].read())
+
+    def get_as_listed(self, key: str, etag: str, size: int) -> bytes:
+        try:
+            answer = self._get_object(key, IfMatch=etag)
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("412", "PreconditionFailed"):
+                raise ObjectChanged(self.describe(key)) from None
+            raise
+        # A store that ignores If-Match is caught by the size: at most one byte too many is read.
+        with contextlib.closing(answer["Body"]) as body:
+            contents = bytes(body.read(size + 1)) if answer["ContentLength"] <= size else b""
+        if len(contents) != size:
+            raise ObjectChanged(self.describe(key))
+        return contents
 
     def download(self, key: str, destination: Path) -> None:
         # One GET streamed to a temporary file: for the many small images of a dataset this is
@@ -596,6 +673,12 @@ class GuardedStore(ObjectStore):
 
     def get(self, key: str) -> bytes:
         return self.inner.get(key)
+
+    def get_as_listed(self, key: str, etag: str, size: int) -> bytes:
+        return self.inner.get_as_listed(key, etag, size)
+
+    def endpoint(self) -> str:
+        return self.inner.endpoint()
 
     def download(self, key: str, destination: Path) -> None:
         self.inner.download(key, destination)

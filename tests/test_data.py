@@ -149,6 +149,30 @@ def test_an_object_that_vanishes_between_listing_and_preparation_is_refused_not_
     assert len(prepared.read_index().objects) == 5
 
 
+@pytest.mark.parametrize("where", ["local", "s3", "s3 ignoring If-Match"])
+def test_an_object_swapped_for_a_larger_one_after_the_listing_is_refused_unread(
+    tmp_path: Path, request: pytest.FixtureRequest, where: str
+) -> None:
+    images = digit_images(classes=2, per_class=3)
+    if where == "local":
+        store: ObjectStore = LocalStore(write_files(tmp_path / "data", images))
+    else:
+        bucket = request.getfixturevalue("bucket")
+        put_all(bucket, "swapped", images)
+        if where == "s3 ignoring If-Match":
+            request.getfixturevalue("flaky")(lambda method, path: "ignore-conditions")
+        store = S3Store(bucket, "swapped")
+    snapshot = listing_of(store, tmp_path)
+    store.put("0/001.png", os.urandom(8 << 20))  # 8 MB where a small PNG was listed
+
+    index_path = RunFolder(snapshot.listing_path.parent).prepared_index
+    prepared = prepare_here(snapshot, str(tmp_path / "registry"), SPEC, index_path)
+
+    assert [item.key for item in prepared.refused] == ["0/001.png"]
+    assert "changed between the listing and its download" in prepared.refused[0].reason
+    assert len(prepared.read_index().objects) == 5
+
+
 class ReaderMarkedWhenTheIndexIsRead(LocalStore):
     """A store where another night marks itself a reader of a dataset the moment gc reads the
     dataset's index: after gc listed the dataset, as a race would have it."""

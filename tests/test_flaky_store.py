@@ -4,6 +4,8 @@ to a misbehaving proxy in front of the S3 test server; nothing in boto3 is patch
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from retrainer.registry import ModelRegistry
 from retrainer.settings import GateSettings, TrainingConfig
 from retrainer.storage import (
     ConditionalWritesIgnored,
+    LocalStore,
     ObjectNotFound,
     S3Store,
 )
@@ -86,6 +89,25 @@ def test_a_store_that_ignores_conditional_writes_is_refused(
         S3Store(bucket, "lax").prove_conditional_writes()
     assert proxy.faults_served
     assert not list(S3Store(bucket, "lax").list()), "the probe left objects behind"
+
+
+def test_the_proof_holds_for_its_endpoint_only_so_a_lax_gateway_later_is_refused(
+    bucket: str, flaky: Callable[[Fault], FlakyProxy]
+) -> None:
+    S3Store(bucket, "registry").prove_conditional_writes()  # the store, reached directly
+    flaky(always_for("PUT", "/", "ignore-conditions"))  # later, behind a gateway that drops If-*
+    with pytest.raises(ConditionalWritesIgnored, match="ignores If-None-Match"):
+        S3Store(bucket, "registry").prove_conditional_writes()
+
+
+def test_a_proof_older_than_a_day_is_taken_again(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.prove_conditional_writes()
+    proof = tmp_path / "store" / "_retrainer" / "conditional-writes-proven.json"
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(proof, (two_days_ago, two_days_ago))
+    store.prove_conditional_writes()
+    assert proof.stat().st_mtime > two_days_ago + 86400  # probed and written again
 
 
 def test_racing_first_promotions_on_a_lax_store_are_stopped_before_any_promotion(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
 import time
@@ -232,12 +233,22 @@ def image_as(image_format: str, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def gif_with_a_frame_larger_than_its_screen(width: int, height: int) -> bytes:
+    """A 1x1 GIF screen holding one frame of width x height, as a few dozen bytes."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0)
+    comment = b"\x21\xfe\x05hello\x00"  # an extension block before the frame
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x4c\x01\x00"
+    return screen + comment + frame + b"\x3b"
+
+
 def test_the_declared_size_is_read_from_the_header_of_every_accepted_format() -> None:
     for image_format in ("PNG", "JPEG", "GIF", "BMP"):
         contents = tf.constant(image_as(image_format, 37, 23))
         width, height = declared_size(contents)
         assert (int(width), int(height)) == (37, 23), image_format
     assert [int(n) for n in declared_size(tf.constant(b"plain text"))] == [0, 0]
+    bomb = tf.constant(gif_with_a_frame_larger_than_its_screen(12000, 12000))
+    assert [int(n) for n in declared_size(bomb)] == [12000, 12000]  # the frame, not the screen
 
 
 def test_the_served_signature_refuses_what_training_refused_before_decoding_a_pixel(
@@ -250,6 +261,8 @@ def test_the_served_signature_refuses_what_training_refused_before_decoding_a_pi
     files = {
         "bomb.png": decompression_bomb_png(20000, 20000),  # 0.4 KB declaring 400 megapixels
         "huge.bmp": image_as("BMP", 64, 64),  # 12 KB
+        "frame.gif": gif_with_a_frame_larger_than_its_screen(12000, 12000),  # a 1x1 screen
+        "photo.webp": image_as("WEBP", 16, 16),  # the decoder reads it; training does not
         "fine.gif": image_as("GIF", 64, 64),
     }
     for name, contents in files.items():
@@ -260,6 +273,8 @@ def test_the_served_signature_refuses_what_training_refused_before_decoding_a_pi
     assert [prediction.problem for prediction in predictions] == [
         "refused: declares more than 64,000,000 pixels (RETRAINER_MAX_IMAGE_PIXELS)",
         "refused: more than 5,000 bytes (RETRAINER_MAX_IMAGE_BYTES)",
+        "refused: declares more than 64,000,000 pixels (RETRAINER_MAX_IMAGE_PIXELS)",
+        "refused: not a JPEG, PNG, GIF or BMP file (the formats training accepts)",
         None,
     ]
 

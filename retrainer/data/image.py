@@ -92,7 +92,13 @@ def within_limits(contents: tf.Tensor, spec: PreparationSpec) -> tf.Tensor:
         tf.constant(spec.max_image_bytes, tf.int64),
         message=f"refused: more than {spec.max_image_bytes:,} bytes (RETRAINER_MAX_IMAGE_BYTES)",
     )
-    width, height = declared_size(contents)
+    accepted = tf.debugging.assert_equal(
+        accepted_format(contents),
+        True,
+        message="refused: not a JPEG, PNG, GIF or BMP file (the formats training accepts)",
+    )
+    with tf.control_dependencies([accepted]):
+        width, height = declared_size(contents)
     too_large = tf.debugging.assert_less_equal(
         width * height,
         tf.constant(spec.max_image_pixels, tf.int64),
@@ -103,9 +109,32 @@ def within_limits(contents: tf.Tensor, spec: PreparationSpec) -> tf.Tensor:
         return tf.identity(contents)
 
 
+# How each accepted format's files begin.
+SIGNATURES = {
+    "PNG": b"\x89PNG\r\n\x1a\n",
+    "GIF": b"GIF8",
+    "BMP": b"BM",
+    "JPEG": b"\xff\xd8\xff",
+}
+
+
+def accepted_format(contents: tf.Tensor) -> tf.Tensor:
+    """Whether the bytes begin as a file of ACCEPTED_FORMATS does (the decoder would also read
+    WebP, whose header is not checked: refused instead, as training refuses it)."""
+    import tensorflow as tf
+
+    return tf.reduce_any(
+        [
+            tf.equal(tf.strings.substr(contents, 0, len(signature)), signature)
+            for signature in SIGNATURES.values()
+        ]
+    )
+
+
 def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Width and height (int64) as the header of a PNG, GIF, BMP or JPEG file declares them,
-    read without decoding a pixel; (0, 0) for anything else (the decoder refuses it)."""
+    read without decoding a pixel; (0, 0) for anything else (the decoder refuses it). For a
+    GIF, the largest of its screen and of every frame: the decoder allocates each frame."""
     import tensorflow as tf
 
     header = tf.strings.join([tf.strings.substr(contents, 0, 32), tf.constant(b"\0" * 32)])
@@ -125,21 +154,87 @@ def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.case(
         [
             (
-                tf.equal(tf.strings.substr(header, 0, 8), b"\x89PNG\r\n\x1a\n"),
+                tf.equal(tf.strings.substr(header, 0, 8), SIGNATURES["PNG"]),
                 lambda: (number(16, 4, True), number(20, 4, True)),
             ),
             (
-                tf.equal(tf.strings.substr(header, 0, 4), b"GIF8"),
-                lambda: (number(6, 2, False), number(8, 2, False)),
+                tf.equal(tf.strings.substr(header, 0, 4), SIGNATURES["GIF"]),
+                lambda: largest_gif_frame(contents),
             ),
             (
-                tf.equal(tf.strings.substr(header, 0, 2), b"BM"),
+                tf.equal(tf.strings.substr(header, 0, 2), SIGNATURES["BMP"]),
                 lambda: (signed32(number(18, 4, False)), signed32(number(22, 4, False))),
             ),
-            (tf.equal(tf.strings.substr(header, 0, 3), b"\xff\xd8\xff"), jpeg),
+            (tf.equal(tf.strings.substr(header, 0, 3), SIGNATURES["JPEG"]), jpeg),
         ],
         default=lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
     )
+
+
+def largest_gif_frame(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Width and height (int64) of the largest of a GIF's logical screen and its frames, walking
+    its blocks without decoding: a 1x1 screen may hold a 12000x12000 frame."""
+    import tensorflow as tf
+
+    length = tf.cast(tf.strings.length(contents), tf.int64)
+
+    def byte(position: tf.Tensor) -> tf.Tensor:
+        return tf.cond(
+            position < length,
+            lambda: tf.cast(
+                tf.io.decode_raw(tf.strings.substr(contents, position, 1), tf.uint8)[0], tf.int64
+            ),
+            lambda: tf.constant(0, tf.int64),
+        )
+
+    def little_endian16(position: tf.Tensor) -> tf.Tensor:
+        return byte(position) + 256 * byte(position + 1)
+
+    def color_table(flags: tf.Tensor) -> tf.Tensor:  # present when bit 7 is set
+        return tf.where(flags >= 128, 3 * 2 ** (flags % 8 + 1), tf.constant(0, tf.int64))
+
+    def after_sub_blocks(position: tf.Tensor) -> tf.Tensor:
+        """Past a chain of sub-blocks (a size byte, that many bytes; a zero size ends it)."""
+        return (
+            tf.while_loop(
+                lambda at: tf.logical_and(at < length, byte(at) > 0),
+                lambda at: [at + byte(at) + 1],
+                [position],
+            )[0]
+            + 1
+        )
+
+    def step(
+        position: tf.Tensor, width: tf.Tensor, height: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        def frame() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            frame_width, frame_height = little_endian16(position + 5), little_endian16(position + 7)
+            larger = frame_width * frame_height > width * height
+            data = position + 10 + color_table(byte(position + 9)) + 1  # + the LZW code size
+            return (
+                after_sub_blocks(data),
+                tf.where(larger, frame_width, width),
+                tf.where(larger, frame_height, height),
+            )
+
+        def extension() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            return after_sub_blocks(position + 2), width, height
+
+        return tf.cond(tf.equal(byte(position), 0x2C), frame, extension)
+
+    def more_blocks(position: tf.Tensor, width: tf.Tensor, height: tf.Tensor) -> tf.Tensor:
+        block = byte(position)
+        return tf.logical_and(
+            position < length, tf.logical_or(tf.equal(block, 0x2C), tf.equal(block, 0x21))
+        )
+
+    screen_width, screen_height = (
+        little_endian16(tf.constant(6, tf.int64)),
+        little_endian16(tf.constant(8, tf.int64)),
+    )
+    first_block = 13 + color_table(byte(tf.constant(10, tf.int64)))
+    _, width, height = tf.while_loop(more_blocks, step, [first_block, screen_width, screen_height])
+    return width, height
 
 
 def decode_failure(error: tf.errors.OpError) -> str:

@@ -214,7 +214,7 @@ def prepare_object(
         # Not even downloaded: the listing's size is enough.
         return verdict.model_copy(update={"problem": problem})
     try:
-        contents = source.get(listed.key)
+        contents = source.get_as_listed(listed.key, listed.etag, listed.size)
     except Exception as error:
         if reason := unavailable(error):
             return RefusedObject(key=listed.key, reason=reason)
