@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from retrainer import __version__
-from retrainer.errors import BadInput, SettingsError, redact
+from retrainer.errors import BadInput, RegistryCorrupt, SettingsError, redact
 from retrainer.layout import DEMO_DATA, check_version_name
 from retrainer.lease import LeaseHeld, ModelLease
 from retrainer.preflight import check_before_work, check_location
@@ -316,7 +316,15 @@ def models_command(settings: Settings, arguments: argparse.Namespace) -> int:
 
 def promote_command(settings: Settings, arguments: argparse.Namespace) -> int:
     with leased_registry(settings, arguments, "promote") as registry:
-        etag = None if arguments.repair else registry.read_champion()[1]
+        try:
+            etag = registry.read_champion()[1]
+        except RegistryCorrupt:
+            if not arguments.repair:
+                raise
+            etag = None  # replaced from the history's newest entry, by compare-and-swap
+        else:
+            if arguments.repair and etag is not None:
+                print("champion.json is readable: promoting as without --repair")
         champion = registry.promote(
             arguments.version,
             f"manual by {getpass.getuser()}",

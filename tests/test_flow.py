@@ -168,14 +168,16 @@ def test_flow_on_local_store_publishes_and_promotes_a_champion_that_scores(
     lines = capsys.readouterr().out.splitlines()
     for image, line in zip(images[:2], lines, strict=False):
         assert re.fullmatch(rf"{re.escape(str(image))}: [012] \(\d\.\d{{3}}\)", line), line
-    assert lines[2].startswith(f"{images[2]}: does not decode: Unknown image file format.")
+    assert lines[2] == (
+        f"{images[2]}: refused: not a JPEG, PNG, GIF or BMP file (the formats training accepts)"
+    )
     assert lines[3] == f"(version {publication.version} of 'demo')"
     assert main(["predict", "--json", *map(str, images)]) == 1
     answer = json.loads(capsys.readouterr().out)
     assert answer["version"] == publication.version
     classes = [line.rsplit(": ", 1)[1].split()[0] for line in lines[:2]]  # "path: 2 (0.987)"
     assert [image.get("class") for image in answer["images"]] == [*classes, None]
-    assert answer["images"][2]["problem"].startswith("does not decode")
+    assert answer["images"][2]["problem"].startswith("refused: not a JPEG")
 
     assert main(["run"]) == 0  # what a person reads: the last line says what the night did
     assert (

@@ -143,7 +143,10 @@ def test_the_lease_is_renewed_while_the_run_lives(tmp_path: Path) -> None:
 
 
 def test_a_holder_that_cannot_renew_stops_before_its_next_write(
-    bucket: str, flaky: Callable[[Fault], FlakyProxy], monkeypatch: pytest.MonkeyPatch
+    bucket: str,
+    flaky: Callable[[Fault], FlakyProxy],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     outage = threading.Event()
     flaky(lambda method, path: "drop" if outage.is_set() and "/leases/" in path else "pass")
@@ -154,9 +157,22 @@ def test_a_holder_that_cannot_renew_stops_before_its_next_write(
         guarded.put("models/m/before.json", b"{}")
         outage.set()  # the lease cannot be renewed; other writes would still go through
         time.sleep(2.5)
-        with pytest.raises(LeaseLost, match=r"could not be renewed for \d+ s"):
-            guarded.put("models/m/during.json", b"{}")
+        model = tmp_path / "model.keras"
+        model.write_bytes(b"weights")
+        # Every kind of write stops: a put, an upload (a model file), a compare-and-swap, a delete.
+        writes = [
+            lambda: guarded.put("models/m/during.json", b"{}"),
+            lambda: guarded.upload("models/m/model.keras", model),
+            lambda: guarded.put_if("models/m/champion.json", b"{}", None),
+            lambda: guarded.delete("models/m/before.json"),
+        ]
+        for write in writes:
+            with pytest.raises(LeaseLost, match=r"could not be renewed for \d+ s"):
+                write()
         assert not store.exists("models/m/during.json")
+        assert not store.exists("models/m/model.keras")
+        assert not store.exists("models/m/champion.json")
+        assert store.exists("models/m/before.json")
         outage.clear()
         time.sleep(1.5)  # renewed by compare-and-swap on our own ETag: still ours
         guarded.put("models/m/after.json", b"{}")

@@ -55,15 +55,19 @@ def sent_about(version: str, received: list[dict[str, object]]) -> list[dict[str
     return [message for message in received if f"version {version} " in str(message["body"])]
 
 
+def notify_through(url: str, block_name: str) -> None:
+    """`retrainer notify` with a webhook block that posts each notification to `url`."""
+    CustomWebhookNotificationBlock(
+        name=block_name, url=url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
+    ).save(block_name, overwrite=True)
+    assert main(["notify", "--block", f"custom-webhook/{block_name}"]) == 0
+
+
 def test_notify_creates_both_automations_and_a_rejection_is_sent(
     webhook: tuple[str, list[dict[str, object]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, received = webhook
-    CustomWebhookNotificationBlock(
-        name="alerts", url=url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
-    ).save("test-alerts", overwrite=True)
-
-    assert main(["notify", "--block", "custom-webhook/test-alerts"]) == 0
+    notify_through(url, "test-alerts")
     assert main(["notify", "--block", "custom-webhook/test-alerts"]) == 0  # replaces, no copies
     with get_client(sync_client=True) as client:
         for name in (FAILED_AUTOMATION, REJECTED_AUTOMATION):
@@ -128,10 +132,7 @@ def test_a_night_that_hits_its_timeout_is_notified(
     from prefect import flow
 
     url, received = webhook
-    CustomWebhookNotificationBlock(
-        name="timeouts", url=url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
-    ).save("test-timeouts", overwrite=True)
-    assert main(["notify", "--block", "custom-webhook/test-timeouts"]) == 0
+    notify_through(url, "test-timeouts")
 
     # The automation follows the flow's name: a night that outlives RETRAINER_FLOW_TIMEOUT_HOURS.
     @flow(name="retrain", timeout_seconds=1)

@@ -303,6 +303,19 @@ def test_a_version_with_missing_files_or_no_saved_model_is_never_promoted(
     assert store.get(registry.keys.champion) == champion_before
 
 
+def test_a_version_whose_model_file_was_cut_short_is_never_promoted(store: ObjectStore) -> None:
+    registry = ModelRegistry(store, "m")
+    publish_passed(registry, "v1", "v2")
+    promote_in_turn(registry, "v1")
+    key = registry.keys.version_file("v2", "model.keras")
+    store.put(key, store.get(key)[:-1])  # an upload cut short: there, but one byte too short
+
+    with pytest.raises(ValueError, match=r"v2 .* missing or has damaged files \(model.keras\)"):
+        registry.promote("v2", "run-2", "passed", registry.read_champion()[1])
+    champion, _ = registry.read_champion()
+    assert champion is not None and champion.version == "v1"
+
+
 def test_verify_names_each_damaged_or_missing_file(store: ObjectStore) -> None:
     registry = ModelRegistry(store, "m")
     publish_stub_version(
