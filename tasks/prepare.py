@@ -32,6 +32,16 @@ from tasks.retries import io_task
 from tasks.runtime import current_run_id
 
 
+@io_task("mark reader")
+def mark(prepared_at: str, run_id: str) -> None:
+    mark_reader(prepared_at, run_id)
+
+
+@io_task("unmark reader")
+def unmark(prepared_at: str, run_id: str) -> None:
+    unmark_reader(prepared_at, run_id)
+
+
 @contextmanager
 def reading_prepared_data(snapshot: DataSnapshot, settings: Settings) -> Iterator[None]:
     """This night reads its prepared dataset: from before the index is read until the night's
@@ -41,12 +51,13 @@ def reading_prepared_data(snapshot: DataSnapshot, settings: Settings) -> Iterato
     prepared_at = prepared_url(
         settings.store_url, snapshot.source_url, PreparationSpec.of(settings)
     )
-    mark_reader(prepared_at, current_run_id())
+    run_id = current_run_id()
+    mark(prepared_at, run_id)
     try:
         yield
     finally:
         try:
-            unmark_reader(prepared_at, current_run_id())
+            unmark(prepared_at, run_id)
         except Exception as error:  # an outage now must not hide how the night ended
             get_run_logger().warning(
                 "Could not remove this run's reader mark (%s): it ages out in %s",
