@@ -427,14 +427,21 @@ def test_an_unexpected_store_failure_prints_its_story_and_the_error_last(
     assert err.strip().splitlines()[-1].startswith("error: ConnectionClosedError: ")
 
 
-def test_promote_with_repair_on_a_sound_champion_promotes_by_compare_and_swap_and_says_so(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def two_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+    """The store of `demo` in RETRAINER_STORE_URL: versions v1 (champion) and v2, published."""
     monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
     registry = ModelRegistry(LocalStore(tmp_path / "store"), "demo")
     for version in ("v1", "v2"):
         publish_stub_version(registry, version, {"metrics.json": b"{}"}, ["a"])
     registry.promote("v1", "run-1", "passed", None)
+    return registry
+
+
+def test_promote_with_repair_on_a_sound_champion_promotes_by_compare_and_swap_and_says_so(
+    two_versions: ModelRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = two_versions
 
     code, out, err = run_cli(capsys, "promote", "v2", "--reason", "r", "--repair")
 
@@ -446,13 +453,9 @@ def test_promote_with_repair_on_a_sound_champion_promotes_by_compare_and_swap_an
 
 
 def test_promote_and_rollback_from_the_cli_move_the_champion_and_say_who_and_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    two_versions: ModelRegistry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("RETRAINER_STORE_URL", str(tmp_path / "store"))
-    registry = ModelRegistry(LocalStore(tmp_path / "store"), "demo")
-    for version in ("v1", "v2"):
-        publish_stub_version(registry, version, {"metrics.json": b"{}"}, ["a"])
-    registry.promote("v1", "run-1", "passed", None)
+    registry = two_versions
 
     assert main(["promote", "v2", "--reason", "hotfix approved by Ana"]) == 0
     champion, _ = registry.read_champion()
